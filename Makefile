@@ -1,0 +1,42 @@
+# Every target runs inside the project's own .venv, so it works the same
+# whether or not another virtual environment is active.
+
+VENV := $(CURDIR)/.venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+BASE_PYTHON ?= python3
+UI_PORT ?= 5000
+
+export PATH := $(VENV)/bin:$(PATH)
+export VIRTUAL_ENV := $(VENV)
+# Nothing leaves the machine: no MLflow telemetry, no DVC analytics or update check.
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+
+TRACKING_URI = $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow.db)
+
+.PHONY: install repro test ui bench clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml requirements.lock
+	test -x $(PYTHON) || $(BASE_PYTHON) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $@
+
+repro: $(INSTALLED)
+	dvc repro
+
+test: $(INSTALLED)
+	python -m pytest
+
+ui: $(INSTALLED)
+	mlflow ui --backend-store-uri '$(TRACKING_URI)' --host 127.0.0.1 --port $(UI_PORT)
+
+bench: $(INSTALLED)
+	python -m benchmarks
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""DVC pipeline for the gradient-clipping experiment, tracked in MLflow."""

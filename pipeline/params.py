@@ -1,0 +1,189 @@
+"""Load params.yaml into validated, typed objects.
+
+Every stage calls load_params() before it writes a file or opens an MLflow run,
+so a bad value stops the pipeline with a message that names its key.
+"""
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ParamsError
+
+# numpy.random.seed accepts seeds in [0, 2**32 - 1]; torch accepts more.
+MAX_SEED = 2**32 - 1
+
+# Arm names become DVC stage names (train@NAME), params paths (arms.NAME) and
+# file names, so they are restricted to characters that are safe in all three.
+ARM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats such as 1e-06 as numbers.
+
+    PyYAML follows YAML 1.1, where a float needs a dot, so `1e-06` (the form
+    `dvc exp run -S` writes back) would load as a string.
+    """
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+class _Section(BaseModel):
+    # strict: "3" is not an int and "yes" is not a bool; forbid: a typo is an error.
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class DatasetParams(_Section):
+    seed: Seed
+    n_samples: Annotated[int, Field(ge=1)]
+    n_rare: Annotated[int, Field(ge=0)]
+    vocab: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=2)]
+
+    @field_validator("vocab")
+    @classmethod
+    def _unique_tokens(cls, vocab: list[str]) -> list[str]:
+        duplicates = sorted({token for token in vocab if vocab.count(token) > 1})
+        if duplicates:
+            raise ValueError(f"tokens must be unique, but {duplicates} occur more than once")
+        return vocab
+
+    @model_validator(mode="after")
+    def _rare_within_samples(self) -> "DatasetParams":
+        if self.n_rare > self.n_samples:
+            raise ValueError(
+                f"n_rare ({self.n_rare}) must not exceed n_samples ({self.n_samples})"
+            )
+        return self
+
+
+class ModelParams(_Section):
+    init_seed: Seed
+    embedding_dim: Annotated[int, Field(ge=1)]
+
+
+class TrainParams(_Section):
+    lr: PositiveFloat
+    epochs: Annotated[int, Field(ge=1)]
+
+
+class ArmParams(_Section):
+    max_norm: PositiveFloat | None
+
+    @property
+    def clips(self) -> bool:
+        return self.max_norm is not None
+
+
+class TrackingParams(_Section):
+    experiment_name: Annotated[str, Field(min_length=1)]
+    log_every_n_steps: Annotated[int, Field(ge=1)]
+
+
+class PlotsParams(_Section):
+    dpi: Annotated[int, Field(ge=10, le=1200)]
+    mark_rare_steps: bool
+
+
+class Params(_Section):
+    dataset: DatasetParams
+    model: ModelParams
+    train: TrainParams
+    arms: Annotated[dict[str, ArmParams], Field(min_length=1)]
+    tracking: TrackingParams
+    plots: PlotsParams
+
+    @field_validator("arms")
+    @classmethod
+    def _safe_arm_names(cls, arms: dict[str, ArmParams]) -> dict[str, ArmParams]:
+        for name in arms:
+            if not ARM_NAME_PATTERN.match(name):
+                raise ValueError(
+                    f"arm name {name!r} is invalid: use letters, digits, '_' and '-' "
+                    "(no dot, slash, space or '@'), not starting with '-'"
+                )
+        return arms
+
+    def arm(self, name: str) -> ArmParams:
+        if name not in self.arms:
+            raise ParamsError(f"arms.{name}: no such arm in params.yaml; defined arms: {sorted(self.arms)}")
+        return self.arms[name]
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate the whole params file; raise ParamsError naming the bad key."""
+    path = Path(path)
+    raw = _read_yaml_mapping(path)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_describe(path, error)) from None
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    try:
+        with path.open(encoding="utf-8") as stream:
+            raw = yaml.load(stream, Loader=_YamlLoader)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found; run from the repository root") from None
+    except OSError as error:
+        raise ParamsError(f"{path}: cannot be read: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path}: not UTF-8 text: {error.reason}") from None
+    except yaml.YAMLError as error:
+        # The error's own text carries the file name, line and column.
+        raise ParamsError(f"{path}: invalid YAML: {error}") from None
+
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def _describe(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: {error.error_count()} invalid value(s)"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {key}: {_explain(item)}")
+    return "\n".join(lines)
+
+
+def _explain(item: dict[str, Any]) -> str:
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        allowed = ", ".join(_allowed_keys(item["loc"][:-1]))
+        return f"unknown key; allowed keys here: {allowed}"
+    if kind == "missing":
+        return "required key is missing"
+
+    message = item["msg"].removeprefix("Value error, ")
+    value = item.get("input")
+    if isinstance(value, dict):
+        return message  # a whole section: the message already names the values
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{message} (got {value})"
+    return f"{message} (got {value!r})"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Return the field names of the section at `loc`, stepping over arm names."""
+    section: type[BaseModel] = Params
+    for part in loc:
+        if section is Params and part == "arms":
+            section = ArmParams
+            continue
+        if section is ArmParams:
+            continue  # the arm's own name
+        section = section.model_fields[part].annotation
+    return list(section.model_fields)

@@ -1,0 +1,163 @@
+"""Stage `train@<arm>`: train one arm, write its per-step series and summary, track it in MLflow.
+
+Outputs appear only when the stage succeeds: both files are written under
+temporary names and renamed once training and MLflow logging are done.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from pipeline.cli import Terminated, run_stage
+from pipeline.dataset import Dataset, load_dataset
+from pipeline.files import atomic_output
+from pipeline.model import initial_state
+from pipeline.params import Params, load_params
+from pipeline.steps import StepChunk, StepWriter
+from pipeline.summary import SummaryAccumulator
+from pipeline.tracking import (
+    STATUS_FAILED,
+    STATUS_FINISHED,
+    STATUS_KILLED,
+    ArmRun,
+    open_experiment,
+    repository_root,
+    tracking_uri,
+)
+from pipeline.training import train
+
+log = logging.getLogger(__name__)
+
+
+def train_arm(params: Params, arm_name: str, dataset: Dataset, steps_path: Path, metrics_path: Path) -> dict:
+    """Train `arm_name`, write its two output files and log one MLflow run; return the summary."""
+    arm = params.arm(arm_name)
+    root = repository_root()
+    uri = tracking_uri(root)
+    client, experiment_id = open_experiment(uri, params.tracking.experiment_name, root)
+
+    experiment_name = os.environ.get("DVC_EXP_NAME")
+    run_name = f"{arm_name} ({experiment_name})" if experiment_name else arm_name
+    run = ArmRun(client, experiment_id, run_name, tags={"arm": arm_name, "dvc.stage": f"train@{arm_name}"})
+    try:
+        run.log_params(effective_params(params, arm_name, dataset))
+        summary, steps_md5 = _train_and_write(params, arm_name, dataset, steps_path, metrics_path, run)
+    except (KeyboardInterrupt, Terminated):
+        run.finish(STATUS_KILLED)
+        raise
+    except BaseException:
+        run.finish(STATUS_FAILED)
+        raise
+    run.finish(STATUS_FINISHED)
+    return summary
+
+
+def _train_and_write(
+    params: Params, arm_name: str, dataset: Dataset, steps_path: Path, metrics_path: Path, run: ArmRun
+) -> tuple[dict, str]:
+    arm = params.arm(arm_name)
+    accumulator = SummaryAccumulator(max_norm=arm.max_norm)
+    n_samples = dataset.n_samples
+    epochs = params.train.epochs
+
+    with atomic_output(steps_path) as steps_temporary, atomic_output(metrics_path) as metrics_temporary:
+        with steps_temporary.open("w", encoding="utf-8", newline="") as stream:
+            writer = StepWriter(stream)
+
+            def record(chunk: StepChunk) -> None:
+                writer.write(chunk)
+                accumulator.add(chunk)
+                run.log_steps(chunk, params.tracking.log_every_n_steps)
+                if chunk.start + len(chunk) == chunk.epoch * n_samples:
+                    epoch = accumulator.epochs[chunk.epoch]
+                    log.info(
+                        "%s epoch %d/%d: mean loss %.4f, max grad norm %.4f",
+                        arm_name, chunk.epoch, epochs, epoch.loss_sum / epoch.steps, epoch.max_grad_norm,
+                    )
+
+            result = train(
+                dataset.inputs,
+                dataset.targets,
+                initial_state(len(dataset.vocab), params.model.embedding_dim, params.model.init_seed),
+                embedding_dim=params.model.embedding_dim,
+                lr=params.train.lr,
+                epochs=epochs,
+                max_norm=arm.max_norm,
+                on_chunk=record,
+            )
+
+        summary = accumulator.to_dict(result.diverged_at_step)
+        metrics_temporary.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        steps_md5 = hashlib.md5(steps_temporary.read_bytes()).hexdigest()
+
+        run.wait()
+        run.log_summary(summary)
+        run.set_tags(_result_tags(steps_md5, result.diverged_at_step))
+
+    if result.diverged_at_step is not None:
+        log.warning("%s diverged at step %d: loss or a norm became non-finite", arm_name, result.diverged_at_step)
+    return summary, steps_md5
+
+
+def _result_tags(steps_md5: str, diverged_at_step: int | None) -> dict[str, str]:
+    tags = {"steps.md5": steps_md5, "diverged": str(diverged_at_step is not None).lower()}
+    if diverged_at_step is not None:
+        tags["diverged_at_step"] = str(diverged_at_step)
+    return tags
+
+
+def effective_params(params: Params, arm_name: str, dataset: Dataset) -> dict[str, object]:
+    """Return every value that determines this arm's results, as flat MLflow params.
+
+    The dataset's values come from the artifact itself, which this stage reads,
+    rather than from params.yaml, which it does not.
+    """
+    arm = params.arm(arm_name)
+    return {
+        "dataset.seed": dataset.seed,
+        "dataset.n_samples": dataset.n_samples,
+        "dataset.n_rare": len(dataset.rare_indices),
+        "dataset.vocab": ",".join(dataset.vocab),
+        "model.init_seed": params.model.init_seed,
+        "model.embedding_dim": params.model.embedding_dim,
+        "train.lr": params.train.lr,
+        "train.epochs": params.train.epochs,
+        "arm.name": arm_name,
+        "arm.max_norm": arm.max_norm,
+        "tracking.experiment_name": params.tracking.experiment_name,
+        "tracking.log_every_n_steps": params.tracking.log_every_n_steps,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arm", required=True, help="arm name, a key under `arms` in the params file")
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument("--dataset", required=True, help="dataset artifact written by the dataset stage")
+    parser.add_argument("--steps", required=True, type=Path, help="per-step CSV to write")
+    parser.add_argument("--metrics", required=True, type=Path, help="summary metrics JSON to write")
+    args = parser.parse_args(argv)
+
+    params = load_params(args.params)
+    params.arm(args.arm)
+    dataset = load_dataset(args.dataset)
+
+    # The model is tiny: extra intra-op threads only add overhead, and parallel
+    # queue workers would compete for the cores.
+    torch.set_num_threads(1)
+    summary = train_arm(params, args.arm, dataset, args.steps, args.metrics)
+    headline = ("max_grad_norm", "mean_grad_norm", "std_grad_norm", "final_weight_norm", "final_loss")
+    log.info("%s: %s", args.arm, ", ".join(f"{key}={_format(summary[key])}" for key in headline))
+
+
+def _format(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+if __name__ == "__main__":
+    run_stage(main)
