@@ -148,14 +148,29 @@ def fresh_repo(tmp_path) -> RepoCopy:
     return make_repo_copy(tmp_path / "repo")
 
 
-@pytest.fixture
-def reproduced_repo(reproduced_template, tmp_path) -> RepoCopy:
-    """A small, up-to-date repository with its DVC cache and MLflow store, private to the test."""
-    destination = tmp_path / "repo"
-    shutil.copytree(reproduced_template.path, destination, symlinks=True)
+def copy_reproduced(template: RepoCopy, destination: Path) -> RepoCopy:
+    """Copy an up-to-date repository with its DVC cache, leaving its MLflow store behind."""
+    shutil.copytree(template.path, destination, symlinks=True)
     # The store is not copied: its experiment points at the template's artifact
     # folder by absolute path, and each test should see only its own runs.
     for name in ("mlflow.db", "mlflow.db.lock"):
         (destination / name).unlink(missing_ok=True)
     shutil.rmtree(destination / "mlartifacts", ignore_errors=True)
     return RepoCopy(destination)
+
+
+@pytest.fixture
+def reproduced_repo(reproduced_template, tmp_path) -> RepoCopy:
+    """A small, up-to-date repository with its DVC cache and no MLflow runs, private to the test."""
+    return copy_reproduced(reproduced_template, tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def third_arm_repo(reproduced_template, tmp_path_factory) -> tuple[RepoCopy, ReproResult]:
+    """The small repository after adding the arm clip_tight (max_norm 0.25) and running `dvc repro`.
+
+    Shared by several tests because the run costs seconds; never change it.
+    """
+    repo = copy_reproduced(reproduced_template, tmp_path_factory.mktemp("third_arm") / "repo")
+    repo.set_param("arms.clip_tight", {"max_norm": 0.25})
+    return repo, repo.repro()
