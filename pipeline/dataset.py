@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pipeline.cli import run_stage
 from pipeline.errors import InputFileError
@@ -45,6 +44,9 @@ class Dataset:
 
 def make_dataset(params: DatasetParams) -> Dataset:
     """Draw the dataset; the RNG calls and their order fix the exact samples for a seed."""
+    # Imported here: the plots stage reads datasets and never needs torch (about 1 s to import).
+    import torch
+
     # Seed all three generators: torch draws the inputs, random draws the rare positions.
     torch.manual_seed(params.seed)
     np.random.seed(params.seed)

@@ -5,7 +5,9 @@ import fcntl
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,6 +26,9 @@ log = logging.getLogger(__name__)
 DEFAULT_STORE_NAME = "mlflow.db"
 ARTIFACTS_DIR_NAME = "mlartifacts"
 MAX_METRICS_PER_REQUEST = 1000  # the MLflow REST API rejects larger log_batch requests
+# Batches queued but not yet stored. When logging falls behind training, the
+# training thread waits rather than holding a long run's metrics in memory.
+MAX_PENDING_BATCHES = 30
 HEALTH_TIMEOUT_SECONDS = 5
 
 
@@ -122,13 +127,20 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 
 class ArmRun:
-    """One MLflow run for one arm; metrics are sent in background batches."""
+    """One MLflow run for one arm; metrics are sent in batches from one background thread.
+
+    The thread is our own rather than MLflow's asynchronous logging
+    (`log_batch(synchronous=False)`): MLflow 3.17's queue polls with a one-second
+    timeout, so ending the run waited up to a second after the last batch.
+    """
 
     def __init__(self, client: mlflow.MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str]):
         self.client = client
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
-        self._pending = []
+        # One worker keeps the batches in step order.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-metrics")
+        self._pending: deque[Future] = deque()
         log.info("MLflow run %s (%s) started", self.run_id, run_name)
 
     def log_params(self, params: dict[str, object]) -> None:
@@ -152,7 +164,9 @@ class ArmRun:
         ]
         for start in range(0, len(metrics), MAX_METRICS_PER_REQUEST):
             batch = metrics[start : start + MAX_METRICS_PER_REQUEST]
-            self._pending.append(self.client.log_batch(self.run_id, metrics=batch, synchronous=False))
+            if len(self._pending) >= MAX_PENDING_BATCHES:
+                self._pending.popleft().result()
+            self._pending.append(self._sender.submit(self.client.log_batch, self.run_id, metrics=batch))
 
     def log_summary(self, summary: dict) -> None:
         timestamp = int(time.time() * 1000)
@@ -169,11 +183,13 @@ class ArmRun:
 
     def wait(self) -> None:
         """Block until every queued metric batch is stored; raise if one failed."""
-        pending, self._pending = self._pending, []
-        for operation in pending:
-            operation.wait()
+        while self._pending:
+            self._pending.popleft().result()
 
     def finish(self, status: str) -> None:
+        # After a failure, batches not yet started are dropped: the run ends now.
+        self._sender.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
         self.client.set_terminated(self.run_id, status=status)
         log.info("MLflow run %s ended as %s", self.run_id, status)
 

@@ -8,6 +8,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from pipeline.dataset import Dataset, load_dataset
 from pipeline.files import atomic_output
 from pipeline.model import initial_state
 from pipeline.params import Params, load_params
+from pipeline.progress import Progress
 from pipeline.steps import StepChunk, StepWriter
 from pipeline.summary import SummaryAccumulator
 from pipeline.tracking import (
@@ -64,6 +66,7 @@ def _train_and_write(
     accumulator = SummaryAccumulator(max_norm=arm.max_norm)
     n_samples = dataset.n_samples
     epochs = params.train.epochs
+    progress = Progress(arm_name, total_steps=epochs * n_samples)
 
     with atomic_output(steps_path) as steps_temporary, atomic_output(metrics_path) as metrics_temporary:
         with steps_temporary.open("w", encoding="utf-8", newline="") as stream:
@@ -74,22 +77,27 @@ def _train_and_write(
                 accumulator.add(chunk)
                 run.log_steps(chunk, params.tracking.log_every_n_steps)
                 if chunk.start + len(chunk) == chunk.epoch * n_samples:
+                    progress.clear()
                     epoch = accumulator.epochs[chunk.epoch]
                     log.info(
                         "%s epoch %d/%d: mean loss %.4f, max grad norm %.4f",
                         arm_name, chunk.epoch, epochs, epoch.loss_sum / epoch.steps, epoch.max_grad_norm,
                     )
+                progress.update(chunk.start + len(chunk), float(chunk.loss.mean()) if len(chunk) else math.nan)
 
-            result = train(
-                dataset.inputs,
-                dataset.targets,
-                initial_state(len(dataset.vocab), params.model.embedding_dim, params.model.init_seed),
-                embedding_dim=params.model.embedding_dim,
-                lr=params.train.lr,
-                epochs=epochs,
-                max_norm=arm.max_norm,
-                on_chunk=record,
-            )
+            try:
+                result = train(
+                    dataset.inputs,
+                    dataset.targets,
+                    initial_state(len(dataset.vocab), params.model.embedding_dim, params.model.init_seed),
+                    embedding_dim=params.model.embedding_dim,
+                    lr=params.train.lr,
+                    epochs=epochs,
+                    max_norm=arm.max_norm,
+                    on_chunk=record,
+                )
+            finally:
+                progress.clear()
 
         summary = accumulator.to_dict(result.diverged_at_step)
         metrics_temporary.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
