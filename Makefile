@@ -16,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 
 TRACKING_URI = $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow.db)
 
-.PHONY: install repro test ui bench clean
+.PHONY: install repro test ui runs bench clean
 
 install: $(INSTALLED)
 
@@ -34,6 +34,11 @@ test: $(INSTALLED)
 
 ui: $(INSTALLED)
 	mlflow ui --backend-store-uri '$(TRACKING_URI)' --host 127.0.0.1 --port $(UI_PORT)
+
+# `make runs` lists the runs that match the workspace; `make runs RUN=<run id>`
+# prints how to reproduce one run.
+runs: $(INSTALLED)
+	python -m pipeline.runs $(RUN)
 
 bench: $(INSTALLED)
 	python -m benchmarks

@@ -37,6 +37,11 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text as load_params() does, reading floats such as 1e-06 as numbers."""
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 class _Section(BaseModel):
     # strict: "3" is not an int and "yes" is not a bool; forbid: a typo is an error.
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)

@@ -11,15 +11,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-# MLflow 3 sends usage telemetry unless told not to; this project sends nothing
-# off the machine. Set before mlflow is imported anywhere in the process.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import mlflow
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 
-import mlflow  # noqa: E402
-from mlflow.entities import Metric, Param, RunStatus, RunTag  # noqa: E402
-
-from pipeline.errors import TrackingError  # noqa: E402
-from pipeline.steps import SERIES, StepChunk  # noqa: E402
+from pipeline.errors import TrackingError
+from pipeline.steps import SERIES, StepChunk
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +63,9 @@ def redact(uri: str) -> str:
 def open_experiment(uri: str, experiment_name: str, root: Path) -> tuple[mlflow.MlflowClient, str]:
     """Return a client for `uri` and the id of `experiment_name`, creating it if needed."""
     check_reachable(uri)
-    client = mlflow.MlflowClient(tracking_uri=uri)
     with _store_lock(uri):
+        # MlflowClient creates and migrates a SQLite store's schema as it starts.
+        client = mlflow.MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(experiment_name)
         if experiment is not None:
             return client, experiment.experiment_id

@@ -17,6 +17,7 @@ import torch
 from pipeline.cli import Terminated, run_stage
 from pipeline.dataset import Dataset, load_dataset
 from pipeline.files import atomic_output
+from pipeline.lineage import Lineage, collect_lineage, record_lineage
 from pipeline.model import initial_state
 from pipeline.params import Params, load_params
 from pipeline.progress import Progress
@@ -36,8 +37,10 @@ from pipeline.training import train
 log = logging.getLogger(__name__)
 
 
-def train_arm(params: Params, arm_name: str, dataset: Dataset, steps_path: Path, metrics_path: Path) -> dict:
-    """Train `arm_name`, write its two output files and log one MLflow run; return the summary."""
+def train_arm(
+    params: Params, arm_name: str, dataset: Dataset, steps_path: Path, metrics_path: Path, lineage: Lineage
+) -> dict:
+    """Train `arm_name`, write its two output files and log one MLflow run with `lineage`; return the summary."""
     arm = params.arm(arm_name)
     root = repository_root()
     uri = tracking_uri(root)
@@ -45,9 +48,11 @@ def train_arm(params: Params, arm_name: str, dataset: Dataset, steps_path: Path,
 
     experiment_name = os.environ.get("DVC_EXP_NAME")
     run_name = f"{arm_name} ({experiment_name})" if experiment_name else arm_name
-    run = ArmRun(client, experiment_id, run_name, tags={"arm": arm_name, "dvc.stage": f"train@{arm_name}"})
+    tags = {"arm": arm_name, "dvc.stage": f"train@{arm_name}", **lineage.tags}
+    run = ArmRun(client, experiment_id, run_name, tags=tags)
     try:
         run.log_params(effective_params(params, arm_name, dataset))
+        record_lineage(client, run.run_id, lineage)
         summary, steps_md5 = _train_and_write(params, arm_name, dataset, steps_path, metrics_path, run)
     except (KeyboardInterrupt, Terminated):
         run.finish(STATUS_KILLED)
@@ -154,11 +159,12 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     params.arm(args.arm)
     dataset = load_dataset(args.dataset)
+    lineage = collect_lineage(Path(args.params), Path(args.dataset), effective_params(params, args.arm, dataset))
 
     # The model is tiny: extra intra-op threads only add overhead, and parallel
     # queue workers would compete for the cores.
     torch.set_num_threads(1)
-    summary = train_arm(params, args.arm, dataset, args.steps, args.metrics)
+    summary = train_arm(params, args.arm, dataset, args.steps, args.metrics, lineage)
     headline = ("max_grad_norm", "mean_grad_norm", "std_grad_norm", "final_weight_norm", "final_loss")
     log.info("%s: %s", args.arm, ", ".join(f"{key}={_format(summary[key])}" for key in headline))
 
