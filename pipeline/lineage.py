@@ -6,9 +6,10 @@ Every arm's MLflow run gets these tags, besides the params:
   `dvc exp run --queue` that is DVC's temporary copy, whose HEAD is the
   experiment's baseline commit.
 - `git.dirty`: "true" when a tracked file differs from that commit, and
-  `git.dirty_files` lists those files (comma-separated, cut at 2000 characters). The files that DVC stages write
-  (dvc.lock and the stage outputs it records) do not count: `dvc repro` rewrites
-  them while it runs, and they are results rather than inputs.
+  `git.dirty_files` lists those files, comma-separated and cut at 2000
+  characters. The files that DVC stages write (dvc.lock and the stage outputs
+  it records) do not count: `dvc repro` rewrites them while it runs, and they
+  are results rather than inputs.
 - `dvc.exp_name`, `dvc.baseline_rev`: from DVC_EXP_NAME and DVC_EXP_BASELINE_REV,
   which `dvc exp run` sets.
 - `dataset.md5`: MD5 of the dataset file the stage read. DVC 3 records a file
@@ -17,6 +18,8 @@ Every arm's MLflow run gets these tags, besides the params:
   describes the data the run saw even when the stage runs outside DVC.
 - `params.hash`: see params_hash().
 - `version.python`, `version.torch`, `version.mlflow`, `version.dvc`.
+- `mlflow.source.name`, `mlflow.source.type`: the stage's script, relative to
+  the workspace, as a local source. The UI shows the git commit next to it.
 
 The dataset is also logged as an MLflow input with the MD5 as its digest, and
 the text of the params file the stage read is logged as the artifact `params.yaml`.
@@ -30,16 +33,20 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from mlflow import MlflowClient
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import DatasetInput, InputTag
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT
+from mlflow.entities import Dataset, DatasetInput, InputTag, SourceType
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_GIT_COMMIT,
+    MLFLOW_SOURCE_NAME,
+    MLFLOW_SOURCE_TYPE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +80,26 @@ def collect_lineage(params_path: Path, dataset_path: Path, run_params: dict[str,
     tags = {"dataset.md5": dataset_md5, "params.hash": params_hash(run_params)}
     tags.update(dvc_experiment_tags(os.environ))
     tags.update(git_tags(Path.cwd()))
+    tags.update(source_tags(Path(sys.argv[0]), Path.cwd()))
     tags.update(version_tags())
     return Lineage(tags, params_path.read_text(encoding="utf-8"), dataset_path, dataset_md5)
 
 
 def record_lineage(client: MlflowClient, run_id: str, lineage: Lineage) -> None:
     """Log the dataset as the run's training input and the params file as an artifact."""
-    # The source is the path as the stage received it, which is relative to the
-    # workspace under DVC. With the commit and the digest it names one version of
-    # a DVC-tracked file. An absolute path inside a queued experiment's temporary
-    # copy would point nowhere once DVC removes the copy.
-    dataset = MetaDataset(
-        LocalArtifactDatasetSource(lineage.dataset_path.as_posix()),
+    # The source, in the form of MLflow's local dataset source, is the path as the
+    # stage received it, which is relative to the workspace under DVC. With the
+    # commit and the digest it names one version of a DVC-tracked file. An
+    # absolute path inside a queued experiment's temporary copy would point
+    # nowhere once DVC removes the copy.
+    dataset = Dataset(
         name=lineage.dataset_path.stem,
         digest=lineage.dataset_md5,
+        source_type="local",
+        source=json.dumps({"uri": lineage.dataset_path.as_posix()}),
     )
     context = InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[context])])
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
     client.log_text(run_id, lineage.params_text, PARAMS_ARTIFACT)
 
 
@@ -163,6 +173,16 @@ def dvc_written_files(workspace: Path) -> set[str]:
     for stage in stages.values():
         written.update(out["path"] for out in stage.get("outs", []) if "path" in out)
     return written
+
+
+def source_tags(script: Path, workspace: Path) -> dict[str, str]:
+    """Return MLflow's source tags for `script`, named relative to `workspace` when it lies inside."""
+    script = script.resolve()
+    try:
+        name = script.relative_to(workspace.resolve()).as_posix()
+    except ValueError:
+        name = script.name
+    return {MLFLOW_SOURCE_NAME: name, MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL)}
 
 
 def version_tags() -> dict[str, str]:

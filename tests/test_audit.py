@@ -64,6 +64,8 @@ def test_run_records_commit_and_dirty(audit, clip_run):
 
 def test_run_records_dvc_stage(clip_run):
     tags = clip_run.data.tags
+    assert tags["mlflow.source.name"] == "pipeline/train.py"
+    assert tags["mlflow.source.type"] == "LOCAL"
     assert tags["dvc.stage"] == "train@clip"
     assert "dvc.exp_name" not in tags
     assert "dvc.baseline_rev" not in tags
@@ -141,11 +143,6 @@ def test_plots_diff_renders_both_revisions(audit, tmp_path):
         assert page.count(f'"rev": "{revision}"') == steps * 3 * 2
 
 
-def test_runs_lists_matching_run(audit, clip_run):
-    output = audit.repo.run("python", "-m", "pipeline.runs").stdout
-    assert re.search(rf"^{clip_run.info.run_id}\s+clip\s+FINISHED\s", output, re.MULTILINE)
-
-
 def _run_in_repo(repo: RepoCopy, monkeypatch, capsys, *argv: str) -> str:
     """Call `python -m pipeline.runs` in this process, which saves the imports of a new one."""
     monkeypatch.chdir(repo.path)
@@ -154,6 +151,11 @@ def _run_in_repo(repo: RepoCopy, monkeypatch, capsys, *argv: str) -> str:
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     runs.main(list(argv))
     return capsys.readouterr().out
+
+
+def test_runs_lists_matching_run(audit, clip_run, monkeypatch, capsys):
+    output = _run_in_repo(audit.repo, monkeypatch, capsys)
+    assert re.search(rf"^{clip_run.info.run_id}\s+clip\s+FINISHED\s", output, re.MULTILINE)
 
 
 def test_runs_skips_other_params(audit, tmp_path, monkeypatch, capsys):

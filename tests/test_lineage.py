@@ -16,6 +16,7 @@ from pipeline.lineage import (
     git_state,
     git_tags,
     params_hash,
+    source_tags,
     version_tags,
 )
 from pipeline.params import parse_yaml
@@ -80,6 +81,16 @@ def test_version_tags_match_pins():
     assert tags["version.torch"].startswith("2.13.0")
     assert tags["version.mlflow"] == "3.17.2"
     assert tags["version.dvc"] == "3.67.1"
+
+
+def test_source_tags_inside_workspace(tmp_path):
+    tags = source_tags(tmp_path / "pipeline/train.py", tmp_path)
+    assert tags == {"mlflow.source.name": "pipeline/train.py", "mlflow.source.type": "LOCAL"}
+
+
+def test_source_tags_outside_workspace(tmp_path):
+    tags = source_tags(tmp_path / "elsewhere/train.py", tmp_path / "workspace")
+    assert tags["mlflow.source.name"] == "train.py"
 
 
 def _git(workspace: Path, *args: str) -> str:
