@@ -26,7 +26,10 @@ $(INSTALLED): pyproject.toml requirements.lock
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
+# The params check first: for some invalid arm names DVC fails before any stage
+# runs, with a message that does not name the key.
 repro: $(INSTALLED)
+	python -m pipeline.params
 	dvc repro
 
 test: $(INSTALLED)

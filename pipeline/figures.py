@@ -63,22 +63,26 @@ def markers_for(rare_indices: np.ndarray, n_samples: int, total_steps: int, show
     )
 
 
-def arm_figure(arm: ArmCurves, markers: Markers, limits: dict[str, tuple[float, float]]) -> Figure:
+def arm_figure(
+    arm: ArmCurves, markers: Markers, limits: dict[str, tuple[float, float]], log_scale: bool = False
+) -> Figure:
     figure, axes = plt.subplots(len(ROWS), 1, figsize=(12, 10), sharex=True, squeeze=False)
-    _draw_column(axes[:, 0], arm, markers, limits)
+    _draw_column(axes[:, 0], arm, markers, limits, log_scale=log_scale)
     axes[0, 0].set_title(f"Training {arm.title}", fontsize=14, fontweight="bold")
     axes[0, 0].legend(handles=_legend_handles([arm], markers), loc="upper right", fontsize=9)
     figure.tight_layout()
     return figure
 
 
-def comparison_figure(arms: list[ArmCurves], markers: Markers, limits: dict[str, tuple[float, float]]) -> Figure:
+def comparison_figure(
+    arms: list[ArmCurves], markers: Markers, limits: dict[str, tuple[float, float]], log_scale: bool = False
+) -> Figure:
     columns = len(arms)
     figure, axes = plt.subplots(
         len(ROWS), columns, figsize=(5.5 * columns + 1.5, 11), sharex=True, sharey="row", squeeze=False
     )
     for column, arm in enumerate(arms):
-        _draw_column(axes[:, column], arm, markers, limits, label_rows=column == 0)
+        _draw_column(axes[:, column], arm, markers, limits, label_rows=column == 0, log_scale=log_scale)
         axes[0, column].set_title(arm.title, fontsize=12, fontweight="bold")
 
     figure.suptitle("Effect of gradient clipping on training stability", fontsize=14, fontweight="bold")
@@ -90,7 +94,11 @@ def comparison_figure(arms: list[ArmCurves], markers: Markers, limits: dict[str,
 
 
 def shared_limits(arms: list[ArmCurves]) -> dict[str, tuple[float, float]]:
-    """Return y-limits per series that fit every arm's values and clip thresholds."""
+    """Return y-limits per series that fit every arm's values and clip thresholds.
+
+    The limits are always finite: a per-step file holds only finite values.
+    """
+    log_scale = uses_log_scale(arms)
     limits = {}
     for attribute, _, _ in ROWS:
         values = [getattr(arm.series, attribute) for arm in arms if len(arm.series)]
@@ -105,15 +113,32 @@ def shared_limits(arms: list[ArmCurves]) -> dict[str, tuple[float, float]]:
             # Loss and gradient norm spike up from near zero: anchor them at zero.
             # The weight norm moves within a narrow band far from zero.
             low = min(low, 0.0)
-        margin = (high - low) * 0.05 or 1.0
-        limits[attribute] = (low, high + margin)
+        if log_scale:
+            limits[attribute] = (low, high * 2.0 or 1.0)  # a third of a decade above the peak
+        else:
+            margin = (high - low) * 0.05 or 1.0
+            limits[attribute] = (low, high + margin)
     return limits
 
 
-def _draw_column(axes, arm: ArmCurves, markers: Markers, limits, label_rows: bool = True) -> None:
+def uses_log_scale(arms: list[ArmCurves]) -> bool:
+    """Return whether the y-axes are logarithmic: when an arm diverged.
+
+    A diverging arm's values grow to about 1e30 before they overflow, which on
+    a linear axis flattens every other arm to zero. A symmetric log scale,
+    linear between -1 and 1, keeps the zero losses of a converged arm visible.
+    """
+    return any(arm.diverged_at_step is not None for arm in arms)
+
+
+def _draw_column(
+    axes, arm: ArmCurves, markers: Markers, limits, label_rows: bool = True, log_scale: bool = False
+) -> None:
     series = arm.series
     for axis, (attribute, label, color) in zip(axes, ROWS):
         axis.plot(series.step, getattr(series, attribute), color=color, alpha=0.8, linewidth=0.5)
+        if log_scale:
+            axis.set_yscale("symlog", linthresh=1.0)
         axis.set_ylim(*limits[attribute])
         axis.grid(True, alpha=0.3)
         if label_rows:
@@ -136,9 +161,11 @@ def _draw_column(axes, arm: ArmCurves, markers: Markers, limits, label_rows: boo
     if arm.max_norm is not None:
         axes[1].axhline(arm.max_norm, color=THRESHOLD_COLOR, linestyle="--", linewidth=1.5)
     if arm.diverged_at_step is not None:
+        # Write the label on the side of the line with more room, so it stays inside the axes.
+        left_half = arm.diverged_at_step < markers.total_steps / 2
         axes[0].annotate(
-            f"diverged at step {arm.diverged_at_step}", xy=(arm.diverged_at_step, 0.95),
-            xycoords=axes[0].get_xaxis_transform(), ha="right", va="top", fontsize=9,
+            f" diverged at step {arm.diverged_at_step} ", xy=(arm.diverged_at_step, 0.95),
+            xycoords=axes[0].get_xaxis_transform(), ha="left" if left_half else "right", va="top", fontsize=9,
         )
     axes[-1].set_xlabel("Training step", fontsize=11)
     axes[-1].set_xlim(0, max(markers.total_steps, 1))

@@ -2,6 +2,7 @@
 
 Every stage calls load_params() before it writes a file or opens an MLflow run,
 so a bad value stops the pipeline with a message that names its key.
+`python -m pipeline.params` checks the file without running anything.
 """
 
 import math
@@ -17,9 +18,12 @@ from pipeline.errors import ParamsError
 # numpy.random.seed accepts seeds in [0, 2**32 - 1]; torch accepts more.
 MAX_SEED = 2**32 - 1
 
+# The weights are float32, and torch rejects a learning rate beyond their range.
+MAX_LR = 3.4028234663852886e38
+
 # Arm names become DVC stage names (train@NAME), params paths (arms.NAME) and
 # file names, so they are restricted to characters that are safe in all three.
-ARM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+ARM_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # use fullmatch: "$" accepts a final newline
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -83,6 +87,13 @@ class TrainParams(_Section):
     lr: PositiveFloat
     epochs: Annotated[int, Field(ge=1)]
 
+    @field_validator("lr")
+    @classmethod
+    def _lr_fits_float32(cls, lr: float) -> float:
+        if lr > MAX_LR:
+            raise ValueError(f"Input should be at most {MAX_LR:.6g}, the largest float32 value")
+        return lr
+
 
 class ArmParams(_Section):
     max_norm: PositiveFloat | None
@@ -106,15 +117,17 @@ class Params(_Section):
     dataset: DatasetParams
     model: ModelParams
     train: TrainParams
-    arms: Annotated[dict[str, ArmParams], Field(min_length=1)]
+    arms: dict[str, ArmParams]
     tracking: TrackingParams
     plots: PlotsParams
 
     @field_validator("arms")
     @classmethod
     def _safe_arm_names(cls, arms: dict[str, ArmParams]) -> dict[str, ArmParams]:
+        if not arms:
+            raise ValueError("at least one arm is required, such as `clip: {max_norm: 1.0}`")
         for name in arms:
-            if not ARM_NAME_PATTERN.match(name):
+            if not ARM_NAME_PATTERN.fullmatch(name):
                 raise ValueError(
                     f"arm name {name!r} is invalid: use letters, digits, '_' and '-' "
                     "(no dot, slash, space or '@'), not starting with '-'"
@@ -192,3 +205,28 @@ def _allowed_keys(loc: tuple) -> list[str]:
             continue  # the arm's own name
         section = section.model_fields[part].annotation
     return list(section.model_fields)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Check a params file and report every invalid value; exit 2 if there is one.
+
+    `dvc repro` reads the arm names before any stage runs, and for a name that
+    is empty or contains '@' it stops with an error of its own that does not
+    name the key; `make repro` runs this check first for that reason.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Check a params file without running any stage.")
+    parser.add_argument("params", nargs="?", default="params.yaml", help="params file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        params = load_params(args.params)
+    except ParamsError as error:
+        print(f"ERROR {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{args.params}: valid; arms: {', '.join(params.arms)}")
+
+
+if __name__ == "__main__":
+    main()

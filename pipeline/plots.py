@@ -15,7 +15,14 @@ import matplotlib
 from pipeline.cli import run_stage
 from pipeline.dataset import load_dataset
 from pipeline.errors import InputFileError
-from pipeline.figures import ArmCurves, arm_figure, comparison_figure, markers_for, shared_limits
+from pipeline.figures import (
+    ArmCurves,
+    arm_figure,
+    comparison_figure,
+    markers_for,
+    shared_limits,
+    uses_log_scale,
+)
 from pipeline.files import atomic_directory
 from pipeline.params import Params, load_params
 from pipeline.steps import read_steps
@@ -55,9 +62,10 @@ def render(params: Params, curves: list[ArmCurves], rare_indices, n_samples: int
     total_steps = max(len(arm.series) for arm in curves)
     markers = markers_for(rare_indices, n_samples, total_steps, params.plots.mark_rare_steps)
     limits = shared_limits(curves)
+    log_scale = uses_log_scale(curves)
 
-    figures = {f"{arm.name}.png": arm_figure(arm, markers, limits) for arm in curves}
-    figures[COMPARISON_NAME] = comparison_figure(curves, markers, limits)
+    figures = {f"{arm.name}.png": arm_figure(arm, markers, limits, log_scale) for arm in curves}
+    figures[COMPARISON_NAME] = comparison_figure(curves, markers, limits, log_scale)
     with atomic_directory(out_dir) as temporary:
         for file_name, figure in figures.items():
             # No "Software" entry: it holds the matplotlib version, which would

@@ -58,7 +58,7 @@ class StepSeries:
 
 
 def read_steps(path: str | Path, expected_steps: int) -> StepSeries:
-    """Read a per-step CSV and check its columns and that it has steps 0..expected_steps-1."""
+    """Read a per-step CSV and check its columns, that it has steps 0..expected_steps-1 and finite values."""
     path = Path(path)
     try:
         with path.open(newline="", encoding="utf-8") as stream:
@@ -80,6 +80,13 @@ def read_steps(path: str | Path, expected_steps: int) -> StepSeries:
         raise InputFileError(
             f"{path}: expected steps 0..{expected_steps - 1} in order ({expected_steps} rows), "
             f"found {len(table)} rows; re-run its train stage with `dvc repro -f`"
+        )
+    # Training stops before the first non-finite step, so such a value means an edited file.
+    not_finite = np.flatnonzero(~np.isfinite(table).all(axis=1))
+    if len(not_finite):
+        raise InputFileError(
+            f"{path}: step {int(columns['step'][not_finite[0]])} holds a non-finite value; "
+            "a per-step file holds only finite values, so re-run its train stage with `dvc repro -f`"
         )
     return StepSeries(
         step=columns["step"].astype(np.int64),

@@ -108,7 +108,8 @@ def _store_lock(uri: str) -> Iterator[None]:
     """Serialise creating a SQLite store's schema and experiment across processes.
 
     Parallel queue workers would otherwise race to run the schema migrations or
-    to create the same experiment.
+    to create the same experiment: without the lock, six queued experiments
+    run three at a time failed in alembic's migration of a half-made schema.
     """
     if not uri.startswith("sqlite:///"):
         yield
@@ -150,7 +151,14 @@ class ArmRun:
         self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
     def log_steps(self, chunk: StepChunk, every_n_steps: int) -> None:
-        """Queue the chunk's steps that are multiples of `every_n_steps` for logging."""
+        """Queue the chunk's steps that are multiples of `every_n_steps` for logging.
+
+        First raises the error of any batch that has failed since the last
+        chunk, so a store failure stops training at the next chunk rather than
+        at the end of the run.
+        """
+        while self._pending and self._pending[0].done():
+            self._pending.popleft().result()
         keep = chunk.steps % every_n_steps == 0
         steps = chunk.steps[keep].tolist()
         timestamp = int(time.time() * 1000)
@@ -211,8 +219,10 @@ class FigureAttacher:
         check_reachable(uri)
         if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
             return cls(None, None)  # no store, so no runs to attach to; do not create one
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name(experiment_name)
+        # Under the lock: a queued experiment's train stage may still be creating the schema.
+        with _store_lock(uri):
+            client = mlflow.MlflowClient(tracking_uri=uri)
+            experiment = client.get_experiment_by_name(experiment_name)
         return cls(client, experiment.experiment_id if experiment else None)
 
     def attach(self, arm: str, steps_md5: str, figures: list[Path]) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.cli import Terminated, run_stage
+from pipeline.cli import Terminated, deferred_signals, run_stage
 from pipeline.dataset import Dataset, load_dataset
 from pipeline.files import atomic_output
 from pipeline.lineage import Lineage, collect_lineage, record_lineage
@@ -49,19 +49,30 @@ def train_arm(
     experiment_name = os.environ.get("DVC_EXP_NAME")
     run_name = f"{arm_name} ({experiment_name})" if experiment_name else arm_name
     tags = {"arm": arm_name, "dvc.stage": f"train@{arm_name}", **lineage.tags}
-    run = ArmRun(client, experiment_id, run_name, tags=tags)
+    # Signals are held while the run is created and while it is ended, so Ctrl-C
+    # (even a second one) cannot leave a run RUNNING between those calls.
+    run = None
     try:
+        with deferred_signals():
+            run = ArmRun(client, experiment_id, run_name, tags=tags)
         run.log_params(effective_params(params, arm_name, dataset))
         record_lineage(client, run.run_id, lineage)
         summary, steps_md5 = _train_and_write(params, arm_name, dataset, steps_path, metrics_path, run)
     except (KeyboardInterrupt, Terminated):
-        run.finish(STATUS_KILLED)
+        _end_run(run, STATUS_KILLED)
         raise
     except BaseException:
-        run.finish(STATUS_FAILED)
+        _end_run(run, STATUS_FAILED)
         raise
-    run.finish(STATUS_FINISHED)
+    _end_run(run, STATUS_FINISHED)
     return summary
+
+
+def _end_run(run: ArmRun | None, status: str) -> None:
+    if run is None:
+        return  # interrupted before the run existed
+    with deferred_signals():
+        run.finish(status)
 
 
 def _train_and_write(
