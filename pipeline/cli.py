@@ -32,15 +32,17 @@ def deferred_signals() -> Iterator[None]:
     runs then. The handlers are swapped rather than the signals masked: Python
     runs handlers in the main thread whichever thread the kernel picks.
     """
-    held = []
-    previous = {number: signal.signal(number, lambda signum, frame: held.append(signum)) for number in STOP_SIGNALS}
+    held_signals = []
+    previous = {
+        number: signal.signal(number, lambda signum, frame: held_signals.append(signum)) for number in STOP_SIGNALS
+    }
     try:
         yield
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        if held:
-            signal.raise_signal(held[0])
+        if held_signals:
+            signal.raise_signal(held_signals[0])
 
 
 def secrets_in_environment() -> list[str]:

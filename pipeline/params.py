@@ -210,9 +210,9 @@ def _allowed_keys(loc: tuple) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     """Check a params file and report every invalid value; exit 2 if there is one.
 
-    `dvc repro` reads the arm names before any stage runs, and for a name that
-    is empty or contains '@' it stops with an error of its own that does not
-    name the key; `make repro` runs this check first for that reason.
+    `dvc repro` reads the arm names before any stage runs. For a name that is
+    empty or contains '@' it stops with an error of its own that does not name
+    the key, so `make repro` runs this check first.
     """
     import argparse
     import sys

@@ -6,7 +6,6 @@ small params (200 samples, 4 rare, 2 epochs) at a learning rate of 50.
 
 import json
 import math
-
 import shutil
 
 import numpy as np
@@ -57,7 +56,8 @@ def test_diverged_arm_summary(diverged_repo):
 
     assert no_clip["diverged_at_step"] == NO_CLIP_DIVERGED_AT
     assert no_clip["steps"] == NO_CLIP_DIVERGED_AT
-    assert all(math.isfinite(value) for value in (no_clip["max_grad_norm"], no_clip["final_weight_norm"]))
+    assert math.isfinite(no_clip["max_grad_norm"])
+    assert math.isfinite(no_clip["final_weight_norm"])
     assert clip["diverged_at_step"] is None
     assert clip["steps"] == CLIP_STEPS
     assert clip["max_grad_norm"] == pytest.approx(CLIP_MAX_GRAD_NORM, rel=1e-6)
@@ -112,7 +112,8 @@ def test_diverged_figures_readable(diverged_repo):
     assert uses_log_scale(curves)
     for axis in figure.axes:
         low, high = axis.get_ylim()
-        assert math.isfinite(low) and math.isfinite(high)
+        assert math.isfinite(low)
+        assert math.isfinite(high)
         assert axis.get_yscale() == "symlog"
     for name in ("no_clip.png", "clip.png", "comparison.png"):
         assert (diverged_repo.path / "outputs/plots" / name).stat().st_size > 0

@@ -4,7 +4,6 @@ import ast
 import importlib
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -214,7 +213,7 @@ def test_password_hidden_when_server_unreachable(reproduced_repo):
 
 
 def answer_health_check_then_close(listener: socket.socket) -> None:
-    """Answer one request with 200 OK, then stop listening, as a server that just crashed."""
+    """Reply 200 OK to one request, then close the listener, like a server that has just crashed."""
     connection, _ = listener.accept()
     with connection:
         connection.recv(65536)
