@@ -79,8 +79,8 @@ class _RedactingStream:
 
 @contextlib.contextmanager
 def _redacted_output() -> Iterator[None]:
-    # MLflow writes the run's URL, credentials included, straight to stdout, and
-    # its errors quote the URL; log records, prints and tracebacks all pass here.
+    # MLflow's errors quote the tracking URI with its password, and so would a
+    # run URL if MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT were turned off.
     secrets = secrets_in_environment()
     if not secrets:
         yield

@@ -6,7 +6,6 @@ and which every case restores. The slow tests at the end go through
 `dvc repro` and `make repro`.
 """
 
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RepoCopy, make_repo_copy
+from conftest import RepoCopy, copy_reproduced, make_repo_copy
 from repo_state import changed_files, file_digests, run_stage_in_process, run_statuses
 
 # Files the cases edit; each is restored from its original bytes after a case.
@@ -42,10 +41,8 @@ def repo(checked_repo) -> RepoCopy:
 
 @pytest.fixture
 def dvc_repo(reproduced_template, tmp_path) -> RepoCopy:
-    """A reproduced copy with DVC's lock and run cache and the template's store."""
-    destination = tmp_path / "repo"
-    shutil.copytree(reproduced_template.path, destination, symlinks=True)
-    return RepoCopy(destination)
+    """A reproduced copy with DVC's lock and run cache, and no MLflow store yet."""
+    return copy_reproduced(reproduced_template, tmp_path / "repo")
 
 
 def _replace_file(path: Path, content: bytes) -> None:

@@ -6,11 +6,10 @@ small params (200 samples, 4 rare, 2 epochs) at a learning rate of 50.
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
-from conftest import RepoCopy
+from conftest import RepoCopy, copy_reproduced
 
 from pipeline.figures import ArmCurves, comparison_figure, markers_for, shared_limits, uses_log_scale
 from pipeline.model import initial_state
@@ -38,11 +37,7 @@ def strict_json(text: str) -> dict:
 @pytest.fixture(scope="module")
 def diverged_repo(reproduced_template, tmp_path_factory) -> RepoCopy:
     """The small repository reproduced again at a learning rate that makes `no_clip` diverge."""
-    destination = tmp_path_factory.mktemp("diverged") / "repo"
-    shutil.copytree(reproduced_template.path, destination, symlinks=True)
-    for name in ("mlflow.db", "mlflow.db.lock"):
-        (destination / name).unlink(missing_ok=True)
-    repo = RepoCopy(destination)
+    repo = copy_reproduced(reproduced_template, tmp_path_factory.mktemp("diverged") / "repo")
     repo.set_param("train.lr", DIVERGING_LR)
     result = repo.repro()
     assert result.ran == ["train@no_clip", "train@clip", "plots"]
