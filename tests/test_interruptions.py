@@ -20,7 +20,7 @@ from conftest import SMALL_PARAMS, RepoCopy, make_repo_copy
 from repo_state import changed_files, file_digests, stage_argv
 
 # Long enough that training lasts a few seconds after the first rows reach the disk.
-LONG_PARAMS = {**SMALL_PARAMS, ("train", "epochs"): 8}
+LONG_PARAMS = {**SMALL_PARAMS, ("train", "epochs"): 12}
 OUTPUTS = ("outputs/steps/clip.csv", "metrics/clip.json")
 WAIT_SECONDS = 120
 

@@ -38,10 +38,11 @@ def test_make_ui_host_is_loopback():
 
 
 def test_server_hosts_in_sources_are_loopback():
-    # Every host a server command or fixture names, in any project file.
+    # Every host that a server command or fixture of the project names. The
+    # README may show how to run a team's own server; it starts nothing.
     offenders = []
     for name in project_files():
-        if not name.endswith((".py", ".md", ".toml", ".yaml", ".yml", ".cfg", ".sh")) and name not in ("Makefile", ".ci/run"):
+        if not name.endswith((".py", ".toml", ".yaml", ".yml", ".cfg", ".sh")) and name not in ("Makefile", ".ci/run"):
             continue
         text = (PROJECT_ROOT / name).read_text(errors="replace")
         for match in re.finditer(r"""(?:--host["',\s=]+|host\s*=\s*)["']?([\w.:\[\]-]+)""", text):
@@ -228,7 +229,8 @@ def test_experiment_name_is_not_a_path(tmp_path):
     written = changed_files(before, file_digests(tmp_path))
     assert status == 0
     assert "repo/outputs/steps/clip.csv" in written
-    assert [name for name in written if not name.startswith(("repo/outputs/", "repo/metrics/", "repo/mlflow.db"))] == []
+    allowed = ("repo/outputs/", "repo/metrics/", "repo/mlflow.db", "repo/mlartifacts/")
+    assert [name for name in written if not name.startswith(allowed)] == []
     client = repo.mlflow_client()
     experiment = client.get_experiment_by_name("../../escape")
     assert experiment.artifact_location == (repo.path / "mlartifacts").as_uri()
