@@ -26,7 +26,7 @@ def temp_root() -> Path:
     return Path(tempfile.gettempdir())
 
 
-def benchmark_env(**extra: str) -> dict[str, str]:
+def isolated_env(**extra: str) -> dict[str, str]:
     """Return the environment for child processes: this interpreter first on PATH, nothing sent out."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DVC_", "MLFLOW_"))}
     env.update(
@@ -34,10 +34,10 @@ def benchmark_env(**extra: str) -> dict[str, str]:
         DVC_NO_ANALYTICS="1",
         MLFLOW_DISABLE_TELEMETRY="true",
         DO_NOT_TRACK="true",
-        GIT_AUTHOR_NAME="Benchmark",
-        GIT_AUTHOR_EMAIL="benchmark@example.invalid",
-        GIT_COMMITTER_NAME="Benchmark",
-        GIT_COMMITTER_EMAIL="benchmark@example.invalid",
+        GIT_AUTHOR_NAME="Pipeline Automation",
+        GIT_AUTHOR_EMAIL="automation@example.invalid",
+        GIT_COMMITTER_NAME="Pipeline Automation",
+        GIT_COMMITTER_EMAIL="automation@example.invalid",
     )
     env.update(extra)
     return env
@@ -103,7 +103,7 @@ class Workspace:
 
     def __init__(self, path: Path):
         self.path = path
-        self.env = benchmark_env(MLFLOW_TRACKING_URI=self.tracking_uri)
+        self.env = isolated_env(MLFLOW_TRACKING_URI=self.tracking_uri)
 
     @classmethod
     def create(cls, parent: Path, name: str, overrides: dict[str, object] | None = None) -> "Workspace":

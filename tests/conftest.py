@@ -1,17 +1,17 @@
 """Shared fixtures: isolated copies of the repository with shrunk params and their own store."""
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# The benchmarks make repository copies the same way; one definition serves both.
+from benchmarks.workspace import PROJECT_ROOT, project_files
+from benchmarks.workspace import isolated_env as _shared_env
 
 # Small enough that a full `dvc repro` takes seconds, large enough to keep rare
 # samples in every epoch and the clipped arm actually clipping.
@@ -27,21 +27,8 @@ _RESTORED_STAGE = re.compile(r"^Stage '([^']+)' is cached - skipping run", re.MU
 
 
 def isolated_env(**extra: str) -> dict[str, str]:
-    """Return an environment for subprocesses: this interpreter first on PATH, nothing sent out."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DVC_", "MLFLOW_"))}
-    env.update(
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        DVC_NO_ANALYTICS="1",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        DO_NOT_TRACK="true",
-        GIT_AUTHOR_NAME="Test Runner",
-        GIT_AUTHOR_EMAIL="tests@example.invalid",
-        GIT_COMMITTER_NAME="Test Runner",
-        GIT_COMMITTER_EMAIL="tests@example.invalid",
-        PYTHONDONTWRITEBYTECODE="1",
-    )
-    env.update(extra)
-    return env
+    """Return the subprocess environment of the benchmarks, without .pyc files in the copies."""
+    return _shared_env(PYTHONDONTWRITEBYTECODE="1", **extra)
 
 
 @dataclass
@@ -101,15 +88,6 @@ class RepoCopy:
         import mlflow
 
         return mlflow.MlflowClient(tracking_uri=self.tracking_uri)
-
-
-def project_files() -> list[str]:
-    """Return the project's files as git sees them: tracked plus untracked, not ignored."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, check=True,
-    ).stdout
-    return [name for name in listed.split("\0") if name and (PROJECT_ROOT / name).is_file()]
 
 
 def make_repo_copy(destination: Path, overrides: dict[tuple[str, ...], object] = SMALL_PARAMS) -> RepoCopy:

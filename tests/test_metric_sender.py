@@ -75,12 +75,14 @@ def test_backlog_is_bounded(monkeypatch):
     assert len(client.batches) == 6
 
 
-def test_failed_batch_raises_on_wait():
+def test_failed_batch_raises():
     client = FakeClient(fail_on_call=2)
     run = ArmRun(client, "0", "clip", tags={})
-    for start in range(0, 3000, 1000):
-        run.log_steps(chunk(start, 1000), every_n_steps=1)
+    # The error surfaces at the next log_steps call if the batch has failed by
+    # then, else at wait(): either way before the run can end as FINISHED.
     with pytest.raises(RuntimeError, match="store rejected the batch"):
+        for start in range(0, 3000, 1000):
+            run.log_steps(chunk(start, 1000), every_n_steps=1)
         run.wait()
     run.finish("FAILED")
     assert client.terminated == ["FAILED"]
