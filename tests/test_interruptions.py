@@ -58,8 +58,15 @@ def start(repo: RepoCopy, command: list[str]) -> subprocess.Popen:
     # together, as Ctrl-C in a terminal reaches the whole foreground job.
     return subprocess.Popen(
         command, cwd=repo.path, env=repo.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        text=True, start_new_session=True, preexec_fn=_default_interrupt_handling,
     )
+
+
+def _default_interrupt_handling() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored,
+    # and children inherit that (nohup, CI runners). Restore the terminal's
+    # behaviour so the test does not depend on how pytest itself was started.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def train_command(repo: RepoCopy) -> list[str]:
