@@ -67,7 +67,7 @@ def make_dataset(params: DatasetParams) -> Dataset:
 
 
 def save_dataset(dataset: Dataset, path: str | Path) -> None:
-    """Write `dataset` as a byte-reproducible .npz (np.savez stamps members with the current time)."""
+    """Write `dataset` as a byte-reproducible .npz: fixed member timestamps, no pickled objects."""
     arrays = {
         "inputs": dataset.inputs,
         "targets": dataset.targets,
