@@ -18,7 +18,7 @@ EXPERIMENTS = 8
 # process start-up, imports and DVC's bookkeeping.
 SMALL_PARAMS = {"dataset.n_samples": 200, "dataset.n_rare": 4, "train.epochs": 2, "plots.dpi": 40}
 # Each poll is a `dvc queue status` process of about half a CPU-second, taken
-# from the workers; polling rarely keeps the -j 2 side from paying for it.
+# from the workers. Polling rarely keeps the -j 2 side from paying for it.
 POLL_SECONDS = 5.0
 TIMEOUT_SECONDS = 600.0
 _UNFINISHED = re.compile(r"\b(Queued|Running)\b")

@@ -6,7 +6,7 @@ class PipelineError(Exception):
 
 
 class ParamsError(PipelineError, ValueError):
-    """params.yaml is missing, unreadable or holds an invalid value."""
+    """params.yaml is missing, unreadable or contains an invalid value."""
 
 
 class InputFileError(PipelineError, ValueError):

@@ -68,7 +68,7 @@ def render(params: Params, curves: list[ArmCurves], rare_indices, n_samples: int
     figures[COMPARISON_NAME] = comparison_figure(curves, markers, limits, log_scale)
     with atomic_directory(out_dir) as temporary:
         for file_name, figure in figures.items():
-            # No "Software" entry: it holds the matplotlib version, which would
+            # No "Software" entry: it contains the matplotlib version, which would
             # change the bytes of an otherwise identical figure.
             figure.savefig(temporary / file_name, dpi=params.plots.dpi, metadata={"Software": None})
             matplotlib.pyplot.close(figure)

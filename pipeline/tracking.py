@@ -36,11 +36,11 @@ def repository_root() -> Path:
     """
     if os.environ.get("DVC_ROOT"):
         return Path(os.environ["DVC_ROOT"]).resolve()
-    here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
+    start = Path.cwd().resolve()
+    for folder in (start, *start.parents):
         if (folder / ".dvc").is_dir():
             return folder
-    return here
+    return start
 
 
 def tracking_uri(root: Path | None = None) -> str:
@@ -73,7 +73,7 @@ def open_experiment(uri: str, experiment_name: str, root: Path) -> tuple[mlflow.
 
 
 def check_reachable(uri: str) -> None:
-    """Fail fast when a tracking server does not answer its health check.
+    """Fail fast when a tracking server does not respond to its health check.
 
     MLflow's own client retries for minutes before it gives up.
     """

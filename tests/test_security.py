@@ -154,7 +154,7 @@ def test_yaml_python_tag_not_executed(tmp_path):
 
 # --- credentials in MLFLOW_TRACKING_URI ----------------------------------------
 # tests/test_tracking_server.py checks a real server's runs and an unreachable
-# server; this checks an error raised inside MLflow, which quotes the URI.
+# server. This section checks an error raised inside MLflow, which quotes the URI.
 
 def run_train(repo: RepoCopy, uri: str, **extra_env: str) -> subprocess.CompletedProcess:
     env = {**repo.env, "MLFLOW_TRACKING_URI": uri, **extra_env}
