@@ -41,7 +41,6 @@ def train_arm(
     params: Params, arm_name: str, dataset: Dataset, steps_path: Path, metrics_path: Path, lineage: Lineage
 ) -> dict:
     """Train `arm_name`, write its two output files and log one MLflow run with `lineage`; return the summary."""
-    arm = params.arm(arm_name)
     root = repository_root()
     uri = tracking_uri(root)
     client, experiment_id = open_experiment(uri, params.tracking.experiment_name, root)
