@@ -43,8 +43,8 @@ def stage_argv(repo_path: Path, stage: str, arm: str = "clip") -> list[str]:
     stages = yaml.safe_load((repo_path / "dvc.yaml").read_text())["stages"]
     command = stages[stage]["do"]["cmd"].replace("${key}", arm) if stage == "train" else stages[stage]["cmd"]
     words = shlex.split(command)
-    assert words[:3] == ["python", "-m", f"pipeline.{stage}"], command
-    return words[3:]
+    assert words[:4] == ["exec", "python", "-m", f"pipeline.{stage}"], command
+    return words[4:]
 
 
 @contextlib.contextmanager
