@@ -52,7 +52,7 @@ def measure(parent: Path, echo) -> tuple[list[Line], dict]:
     steps_file.parent.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "pipeline.train", "--arm", ARM, "--dataset", "data/dataset.npz",
-        "--steps", str(steps_file.relative_to(workspace.path)), "--metrics", f"metrics/{ARM}.json",
+        "--steps-dir", str(steps_file.parent.relative_to(workspace.path)), "--metrics-dir", "metrics",
     ]
 
     seconds, peak_mb = {}, {}

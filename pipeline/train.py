@@ -16,6 +16,7 @@ import torch
 
 from pipeline.cli import Terminated, deferred_signals, run_stage
 from pipeline.dataset import Dataset, load_dataset
+from pipeline.errors import PipelineError
 from pipeline.files import atomic_output
 from pipeline.lineage import Lineage, collect_lineage, record_lineage
 from pipeline.model import initial_state
@@ -35,6 +36,9 @@ from pipeline.tracking import (
 from pipeline.training import train
 
 log = logging.getLogger(__name__)
+
+# DVC sets it for every stage command to the stage address, train@<arm> here.
+STAGE_VARIABLE = "DVC_STAGE"
 
 
 def train_arm(
@@ -159,24 +163,45 @@ def effective_params(params: Params, arm_name: str, dataset: Dataset) -> dict[st
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arm", required=True, help="arm name, a key under `arms` in the params file")
+    parser.add_argument(
+        "--arm", help=f"arm name, a key under `arms` in the params file (default: the arm of ${STAGE_VARIABLE})"
+    )
     parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     parser.add_argument("--dataset", required=True, help="dataset artifact written by the dataset stage")
-    parser.add_argument("--steps", required=True, type=Path, help="per-step CSV to write")
-    parser.add_argument("--metrics", required=True, type=Path, help="summary metrics JSON to write")
+    parser.add_argument("--steps-dir", required=True, type=Path, help="folder for the per-step <arm>.csv")
+    parser.add_argument("--metrics-dir", required=True, type=Path, help="folder for the summary <arm>.json")
     args = parser.parse_args(argv)
 
+    arm_name = args.arm if args.arm is not None else arm_of_stage(os.environ.get(STAGE_VARIABLE))
     params = load_params(args.params)
-    params.arm(args.arm)
+    params.arm(arm_name)
+    # Only now is the name known to be a plain file name.
+    steps_path, metrics_path = args.steps_dir / f"{arm_name}.csv", args.metrics_dir / f"{arm_name}.json"
     dataset = load_dataset(args.dataset)
-    lineage = collect_lineage(Path(args.params), Path(args.dataset), effective_params(params, args.arm, dataset))
+    lineage = collect_lineage(Path(args.params), Path(args.dataset), effective_params(params, arm_name, dataset))
 
     # The model is tiny: extra intra-op threads only add overhead, and parallel
     # queue workers would compete for the cores.
     torch.set_num_threads(1)
-    summary = train_arm(params, args.arm, dataset, args.steps, args.metrics, lineage)
+    summary = train_arm(params, arm_name, dataset, steps_path, metrics_path, lineage)
     headline = ("max_grad_norm", "mean_grad_norm", "std_grad_norm", "final_weight_norm", "final_loss")
-    log.info("%s: %s", args.arm, ", ".join(f"{key}={_format(summary[key])}" for key in headline))
+    log.info("%s: %s", arm_name, ", ".join(f"{key}={_format(summary[key])}" for key in headline))
+
+
+def arm_of_stage(stage: str | None) -> str:
+    """Return the arm of a DVC stage address such as `train@clip` or `sub/dvc.yaml:train@clip`.
+
+    dvc.yaml does not put the arm name on the command line: the shell would run
+    a `$(...)` in a name from params.yaml before any check could refuse it.
+    """
+    name = (stage or "").rpartition(":")[2]
+    prefix, separator, arm = name.partition("@")
+    if prefix != "train" or not separator:
+        raise PipelineError(
+            f"{STAGE_VARIABLE}={stage!r} is not a train@<arm> stage; "
+            "pass --arm NAME to run the train stage outside DVC"
+        )
+    return arm
 
 
 def _format(value: float | None) -> str:

@@ -39,12 +39,16 @@ def run_statuses(store: Path) -> list[str]:
 
 
 def stage_argv(repo_path: Path, stage: str, arm: str = "clip") -> list[str]:
-    """Return the arguments dvc.yaml passes to `python -m pipeline.<stage>`."""
+    """Return the arguments dvc.yaml passes to `python -m pipeline.<stage>`.
+
+    For the train stage, `--arm` stands in for the DVC_STAGE variable by which
+    DVC names the arm.
+    """
     stages = yaml.safe_load((repo_path / "dvc.yaml").read_text())["stages"]
-    command = stages[stage]["do"]["cmd"].replace("${key}", arm) if stage == "train" else stages[stage]["cmd"]
+    command = stages[stage]["do"]["cmd"] if stage == "train" else stages[stage]["cmd"]
     words = shlex.split(command)
     assert words[:4] == ["exec", "python", "-m", f"pipeline.{stage}"], command
-    return words[4:]
+    return words[4:] + (["--arm", arm] if stage == "train" else [])
 
 
 @contextlib.contextmanager
@@ -65,7 +69,7 @@ def inside(repo_path: Path) -> Iterator[None]:
         signal.signal(signal.SIGTERM, sigterm_handler)
 
 
-_STAGE_VARIABLES = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME")
+_STAGE_VARIABLES = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_STAGE")
 
 
 def run_stage_in_process(repo_path: Path, stage: str, arm: str = "clip") -> int:

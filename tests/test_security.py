@@ -15,8 +15,9 @@ import yaml
 from conftest import PROJECT_ROOT, RepoCopy, isolated_env, make_repo_copy, project_files
 from repo_state import changed_files, file_digests, run_stage_in_process, stage_argv
 
-from pipeline.errors import ParamsError
+from pipeline.errors import ParamsError, PipelineError
 from pipeline.params import ARM_NAME_PATTERN, Params, load_params
+from pipeline.train import arm_of_stage
 
 # Made at run time, so that no file of the project contains it.
 SECRET = f"pw-{uuid.uuid4().hex}"
@@ -236,3 +237,34 @@ def test_experiment_name_is_not_a_path(tmp_path):
     assert experiment.artifact_location == (repo.path / "mlartifacts").as_uri()
     [run] = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
+
+
+def test_arm_name_never_reaches_the_shell(reproduced_repo):
+    # DVC runs a stage's command through a shell. Were the arm name on that
+    # command line, the shell would run the `$(...)` before the stage starts.
+    name = "x$(touch injected)"
+    raw = reproduced_repo.params()
+    raw["arms"][name] = {"max_norm": 1.0}
+    reproduced_repo.write_params(raw)
+
+    result = reproduced_repo.run("dvc", "repro", f"train@{name}", check=False)
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert f"arm name {name!r} is invalid" in output
+    assert list(reproduced_repo.path.rglob("injected")) == []
+    assert not (reproduced_repo.path / "outputs/steps" / f"{name}.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("stage", "arm"),
+    [("train@clip", "clip"), ("sub/dvc.yaml:train@clip_tight", "clip_tight"), ("train@", "")],
+)
+def test_arm_of_stage(stage, arm):
+    assert arm_of_stage(stage) == arm
+
+
+@pytest.mark.parametrize("stage", [None, "", "plots", "dataset@clip", "train"])
+def test_arm_of_other_stage_asks_for_arm(stage):
+    with pytest.raises(PipelineError, match="pass --arm NAME"):
+        arm_of_stage(stage)

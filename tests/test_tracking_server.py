@@ -137,7 +137,7 @@ def test_unreachable_server_stops_train(reproduced_repo, tmp_path):
     steps, metrics = tmp_path / "clip.csv", tmp_path / "clip.json"
     result = repo.run(
         "python", "-m", "pipeline.train", "--arm", "clip", "--dataset", "data/dataset.npz",
-        "--steps", str(steps), "--metrics", str(metrics),
+        "--steps-dir", str(tmp_path), "--metrics-dir", str(tmp_path),
         check=False, timeout=120,
     )
 
