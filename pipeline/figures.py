@@ -1,9 +1,11 @@
 """Matplotlib figures of the per-step series: one per arm, and all arms side by side.
 
 Every arm is drawn on the same y-limits per series, so curves can be compared
-by eye across figures and columns.
+by eye across figures and columns. The limits span every arm's values with a
+margin on both sides, so no curve runs along an axis edge.
 """
 
+import math
 from dataclasses import dataclass
 
 import matplotlib
@@ -14,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.scale import SymmetricalLogScale  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, ScalarFormatter  # noqa: E402
 
 from pipeline.steps import StepSeries  # noqa: E402
 
@@ -26,6 +30,17 @@ ROWS = (
 RARE_COLOR = "tab:red"
 THRESHOLD_COLOR = "tab:red"
 DIVERGED_COLOR = "black"
+
+# Symmetric log scale of every y-axis once an arm diverged: linear between -1 and 1.
+SYMLOG = {"base": 10, "linthresh": 1.0, "linscale": 1.0}
+# Part of the y-range, on the axis's own scale, left empty below and above the data.
+LIMIT_MARGIN = 0.05
+# Labelled ticks per symlog y-axis, zero included: a diverged arm spans up to 39
+# decades, and a label per decade overlaps its neighbours on a 3-inch panel.
+MAX_LOG_TICKS = 7
+# Spacings between labelled decades, smallest first. Training writes float32
+# values, at most 39 decades, but 100 keeps even float64's 309 within MAX_LOG_TICKS.
+DECADE_STRIDES = (1, 2, 3, 5, 10, 20, 50, 100)
 
 
 @dataclass(frozen=True)
@@ -66,11 +81,12 @@ def markers_for(rare_indices: np.ndarray, n_samples: int, total_steps: int, show
 def arm_figure(
     arm: ArmCurves, markers: Markers, limits: dict[str, tuple[float, float]], log_scale: bool = False
 ) -> Figure:
-    figure, axes = plt.subplots(len(ROWS), 1, figsize=(12, 10), sharex=True, squeeze=False)
+    figure, axes = plt.subplots(
+        len(ROWS), 1, figsize=(12, 10), sharex=True, squeeze=False, layout="constrained"
+    )
     _draw_column(axes[:, 0], arm, markers, limits, log_scale=log_scale)
     axes[0, 0].set_title(f"Training {arm.title}", fontsize=14, fontweight="bold")
-    axes[0, 0].legend(handles=_legend_handles([arm], markers), loc="upper right", fontsize=9)
-    figure.tight_layout()
+    _add_legend(figure, [arm], markers)
     return figure
 
 
@@ -79,24 +95,24 @@ def comparison_figure(
 ) -> Figure:
     columns = len(arms)
     figure, axes = plt.subplots(
-        len(ROWS), columns, figsize=(5.5 * columns + 1.5, 11), sharex=True, sharey="row", squeeze=False
+        len(ROWS), columns, figsize=(5.5 * columns + 1.5, 11), sharex=True, sharey="row", squeeze=False,
+        layout="constrained",
     )
     for column, arm in enumerate(arms):
         _draw_column(axes[:, column], arm, markers, limits, label_rows=column == 0, log_scale=log_scale)
         axes[0, column].set_title(arm.title, fontsize=12, fontweight="bold")
 
     figure.suptitle("Effect of gradient clipping on training stability", fontsize=14, fontweight="bold")
-    figure.legend(
-        handles=_legend_handles(arms, markers), loc="lower center", ncol=4, fontsize=10, frameon=False
-    )
-    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    _add_legend(figure, arms, markers)
     return figure
 
 
 def shared_limits(arms: list[ArmCurves]) -> dict[str, tuple[float, float]]:
-    """Return y-limits per series that fit every arm's values and clip thresholds.
+    """Return y-limits per series that fit every arm's values and clip thresholds, with margins.
 
-    The limits are always finite: a per-step file holds only finite values.
+    The limits come from the union of all arms, so an arm whose values another
+    arm's dwarf still starts and ends inside the axes. They are always finite:
+    a per-step file holds only finite values.
     """
     log_scale = uses_log_scale(arms)
     limits = {}
@@ -113,12 +129,53 @@ def shared_limits(arms: list[ArmCurves]) -> dict[str, tuple[float, float]]:
             # Loss and gradient norm spike up from near zero: anchor them at zero.
             # The weight norm moves within a narrow band far from zero.
             low = min(low, 0.0)
-        if log_scale:
-            limits[attribute] = (low, high * 2.0 or 1.0)  # a third of a decade above the peak
-        else:
-            margin = (high - low) * 0.05 or 1.0
-            limits[attribute] = (low, high + margin)
+        limits[attribute] = _add_margins(low, high, log_scale)
     return limits
+
+
+def _add_margins(low: float, high: float, log_scale: bool) -> tuple[float, float]:
+    """Widen [low, high] by LIMIT_MARGIN of its height on each side, measured on the axis's scale.
+
+    On a symlog axis a margin measured in data units would vanish below a
+    spike of 1e30, so the margin is taken in the scale's transformed units.
+    """
+    if not log_scale:
+        margin = (high - low) * LIMIT_MARGIN or 1.0
+        return low - margin, high + margin
+
+    transform = SymmetricalLogScale(None, **SYMLOG).get_transform()
+    start, end = transform.transform(np.array([low, high]))
+    margin = (end - start) * LIMIT_MARGIN or 1.0
+    # For values above about 1e293 the margin overflows to infinity, which
+    # matplotlib rejects as a limit, so the largest finite float replaces it.
+    with np.errstate(over="ignore"):
+        padded = transform.inverted().transform(np.array([start - margin, end + margin]))
+    padded_low, padded_high = np.nan_to_num(padded)
+    return float(padded_low), float(padded_high)
+
+
+def symlog_ticks(low: float, high: float) -> tuple[list[float], list[float]]:
+    """Return the major and minor y-ticks of a symlog axis from `low` to `high`.
+
+    Major ticks, the labelled ones, are zero and powers of ten at a regular
+    stride, at most MAX_LOG_TICKS in all. Minor ticks mark the other powers of
+    ten. No series plotted has values below zero, so no negative ticks are placed.
+    """
+    zero = [0.0] if low <= 0.0 <= high else []
+    first = math.ceil(math.log10(max(low, SYMLOG["linthresh"])))
+    last = math.floor(math.log10(high)) if high >= SYMLOG["linthresh"] else first - 1
+    exponents = range(first, last + 1)
+    budget = MAX_LOG_TICKS - len(zero)
+    stride = next(stride for stride in DECADE_STRIDES if math.ceil(len(exponents) / stride) <= budget)
+
+    labelled = [exponent for exponent in exponents if exponent % stride == 0]
+    if zero and stride > 1:
+        # 0 and 10^0 sit one decade apart, a sliver of an axis that spans many
+        # decades, so their labels would overlap.
+        labelled = [exponent for exponent in labelled if exponent != 0]
+    major = zero + [10.0**exponent for exponent in labelled]
+    minor = [10.0**exponent for exponent in exponents if exponent not in labelled]
+    return major, minor
 
 
 def uses_log_scale(arms: list[ArmCurves]) -> bool:
@@ -139,7 +196,8 @@ def _draw_column(
     for axis, (attribute, label, color) in zip(axes, ROWS):
         axis.plot(series.step, getattr(series, attribute), color=color, alpha=0.8, linewidth=0.5)
         if log_scale:
-            axis.set_yscale("symlog", linthresh=1.0)
+            axis.set_yscale("symlog", **SYMLOG)
+            _set_symlog_ticks(axis.yaxis, *limits[attribute])
         axis.set_ylim(*limits[attribute])
         axis.grid(True, alpha=0.3)
         if label_rows:
@@ -171,6 +229,38 @@ def _draw_column(
         )
     axes[-1].set_xlabel("Training step", fontsize=11)
     axes[-1].set_xlim(0, max(markers.total_steps, 1))
+
+
+def _set_symlog_ticks(y_axis, low: float, high: float) -> None:
+    major, minor = symlog_ticks(low, high)
+    if len(major) >= 2:
+        y_axis.set_major_locator(FixedLocator(major))
+        y_axis.set_minor_locator(FixedLocator(minor))
+        return
+
+    # The range contains no power of ten above the linear part, as when the only
+    # diverged arm stopped at its first step. Linear ticks label it instead.
+    y_axis.set_major_locator(MaxNLocator(MAX_LOG_TICKS - 1))
+    y_axis.set_major_formatter(ScalarFormatter())
+    y_axis.set_minor_locator(NullLocator())
+
+
+def _add_legend(figure: Figure, arms: list[ArmCurves], markers: Markers) -> None:
+    """Add the legend below the panels, outside every axes, so it covers no data.
+
+    Constrained layout shrinks the panels to make room for it. The entries go
+    in one row, or in more rows when one row is wider than the figure, as in
+    a comparison of a single arm.
+    """
+    handles = _legend_handles(arms, markers)
+    renderer = figure.canvas.get_renderer()
+    for columns in range(len(handles), 0, -1):
+        legend = figure.legend(
+            handles=handles, loc="outside lower center", ncol=columns, fontsize=10, frameon=False
+        )
+        if columns == 1 or legend.get_window_extent(renderer).width <= figure.bbox.width:
+            return
+        legend.remove()
 
 
 def _legend_handles(arms: list[ArmCurves], markers: Markers) -> list[Line2D]:

@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 from conftest import RepoCopy, copy_reproduced
 
-from pipeline.figures import ArmCurves, comparison_figure, markers_for, shared_limits, uses_log_scale
+from pipeline.figures import (
+    MAX_LOG_TICKS,
+    ArmCurves,
+    comparison_figure,
+    markers_for,
+    shared_limits,
+    uses_log_scale,
+)
 from pipeline.model import initial_state
 from pipeline.steps import StepSeries, read_steps
 from pipeline.summary import SummaryAccumulator
@@ -104,12 +111,16 @@ def test_diverged_figures_readable(diverged_repo):
 
     figure = comparison_figure(curves, markers, limits, uses_log_scale(curves))
 
+    figure.canvas.draw()
+
     assert uses_log_scale(curves)
     for axis in figure.axes:
         low, high = axis.get_ylim()
         assert math.isfinite(low)
         assert math.isfinite(high)
         assert axis.get_yscale() == "symlog"
+        labelled = [tick for tick in axis.get_yticks() if low <= tick <= high]
+        assert len(labelled) <= MAX_LOG_TICKS, axis.get_ylabel()
     for name in ("no_clip.png", "clip.png", "comparison.png"):
         assert (diverged_repo.path / "outputs/plots" / name).stat().st_size > 0
 
@@ -144,4 +155,10 @@ def test_limits_with_arm_diverged_at_first_step():
 
     limits = shared_limits(curves)
 
-    assert limits == {"loss": (0.0, 4.0), "grad_norm": (0.0, 6.0), "weight_norm": (9.0, 19.4)}
+    # The clip arm's ranges (0 to 2, 0 to 3 and 9 to 9.7) widened by 5% of
+    # their height on the symlog scale, on both sides.
+    assert limits == {
+        "loss": (pytest.approx(-0.0635463498), pytest.approx(2.3530819421)),
+        "grad_norm": (pytest.approx(-0.0714704565), pytest.approx(3.6019101327)),
+        "weight_norm": (pytest.approx(8.9663574474), pytest.approx(9.7363952432)),
+    }
