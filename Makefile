@@ -27,9 +27,11 @@ $(INSTALLED): pyproject.toml requirements.lock
 	touch $@
 
 # The params check first: for some invalid arm names DVC fails before any stage
-# runs, with a message that does not name the key.
+# runs, with a message that does not name the key. Then the dvc.lock entries
+# and outputs of arms removed from params.yaml go, which DVC itself keeps.
 repro: $(INSTALLED)
 	python -m pipeline.params
+	python -m pipeline.stale_arms
 	dvc repro
 
 test: $(INSTALLED)

@@ -7,6 +7,7 @@ so a bad value stops the pipeline with a message that names its key.
 
 import math
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +25,13 @@ MAX_LR = 3.4028234663852886e38
 # Arm names become DVC stage names (train@NAME), params paths (arms.NAME) and
 # file names, so they are restricted to characters that are safe in all three.
 ARM_NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # use fullmatch: "$" accepts a final newline
+# File systems cap a file name at 255 bytes, and an arm's temporary output
+# file adds about 20 characters to its name.
+MAX_ARM_NAME_LENGTH = 100
+ARM_NAME_RULE = (
+    f"use ASCII letters, digits, '_' and '-', at most {MAX_ARM_NAME_LENGTH} characters, "
+    "not starting with '-' (no dot, slash, space or '@')"
+)
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -32,6 +40,25 @@ class _YamlLoader(yaml.SafeLoader):
     PyYAML follows YAML 1.1, where a float needs a dot, so `1e-06` (the form
     `dvc exp run -S` writes back) would load as a string.
     """
+
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        # PyYAML keeps the last of two equal keys without a word, while DVC
+        # rejects the file: report it here first, at the second key's line.
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` may repeat and is resolved by the base class
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # the base class reports an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r}", key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(
@@ -127,11 +154,8 @@ class Params(_Section):
         if not arms:
             raise ValueError("at least one arm is required, such as `clip: {max_norm: 1.0}`")
         for name in arms:
-            if not ARM_NAME_PATTERN.fullmatch(name):
-                raise ValueError(
-                    f"arm name {name!r} is invalid: use letters, digits, '_' and '-' "
-                    "(no dot, slash, space or '@'), not starting with '-'"
-                )
+            if len(name) > MAX_ARM_NAME_LENGTH or not ARM_NAME_PATTERN.fullmatch(name):
+                raise ValueError(f"arm name {name!r} is invalid: {ARM_NAME_RULE}")
         return arms
 
     def arm(self, name: str) -> ArmParams:
@@ -164,6 +188,8 @@ def _read_yaml_mapping(path: Path) -> dict[str, Any]:
         # The error's own text carries the file name, line and column.
         raise ParamsError(f"{path}: invalid YAML: {error}") from None
 
+    if raw is None:
+        raise ParamsError(f"{path}: file is empty; expected the sections {', '.join(Params.model_fields)}")
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
     return raw

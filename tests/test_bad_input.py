@@ -90,6 +90,13 @@ def break_yaml_at_lr(repo: RepoCopy) -> None:
     _replace_file(repo.path / "params.yaml", ("\n".join(lines) + "\n").encode())
 
 
+def repeat_lr_line(repo: RepoCopy) -> None:
+    lines = (repo.path / "params.yaml").read_text().splitlines()
+    index = lr_line(repo) - 1
+    lines.insert(index + 1, lines[index].replace("lr:", "lr: 0.5 #"))
+    _replace_file(repo.path / "params.yaml", ("\n".join(lines) + "\n").encode())
+
+
 def lr_line(repo: RepoCopy) -> int:
     lines = (repo.path / "params.yaml").read_text().splitlines()
     return next(i for i, line in enumerate(lines, start=1) if line.strip().startswith("lr:"))
@@ -157,7 +164,7 @@ class Case:
     expected: tuple[str, ...]  # fragments of the error message: the key or file, and what is allowed
 
 
-ARM_NAME_RULE = "use letters, digits, '_' and '-'"
+ARM_NAME_RULE = "use ASCII letters, digits, '_' and '-', at most 100 characters, not starting with '-'"
 
 CASES = [
     # params.yaml itself
@@ -168,7 +175,9 @@ CASES = [
     Case("params not a mapping", "dataset", write_params_text("- dataset\n- train\n"),
          ("params.yaml: expected a mapping of sections at the top level, got list",)),
     Case("params empty", "plots", write_params_text(""),
-         ("params.yaml: expected a mapping of sections at the top level, got NoneType",)),
+         ("params.yaml: file is empty; expected the sections dataset, model, train, arms, tracking, plots",)),
+    Case("params duplicate key", "train", repeat_lr_line,
+         ("params.yaml: invalid YAML", "found duplicate key 'lr'", "line {next_lr_line}")),
     # keys
     Case("typo max_nrom", "train", lambda repo: repo.set_param("arms.clip", {"max_nrom": 1.0}),
          ("arms.clip.max_nrom: unknown key; allowed keys here: max_norm", "arms.clip.max_norm: required key is missing")),
@@ -229,6 +238,8 @@ CASES = [
     Case("arm name traversal", "train", rename_arm("../../outside"),
          ("arm name '../../outside' is invalid", ARM_NAME_RULE)),
     Case("arm name leading dash", "train", rename_arm("-f"), ("arm name '-f' is invalid", ARM_NAME_RULE)),
+    Case("arm name not ASCII", "train", rename_arm("clipä"), ("arm name 'clipä' is invalid", ARM_NAME_RULE)),
+    Case("arm name too long", "train", rename_arm("a" * 101), (f"arm name '{'a' * 101}' is invalid", ARM_NAME_RULE)),
     # input files
     Case("dataset wrong length", "train", edit_dataset(shorten_targets),
          ("data/dataset.npz: 'inputs' (200) and 'targets' (180) must have the same, non-zero length",)),
@@ -248,7 +259,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_rejected(case: Case, repo: RepoCopy, caplog):
-    expected = [fragment.format(lr_line=lr_line(repo)) for fragment in case.expected]
+    line = lr_line(repo)
+    expected = [fragment.format(lr_line=line, next_lr_line=line + 1) for fragment in case.expected]
     case.edit(repo)
     files_before = file_digests(repo.path)
     runs_before = run_statuses(repo.path / "mlflow.db")
