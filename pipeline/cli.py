@@ -1,6 +1,7 @@
 """Shared entry-point behaviour of the stage modules: logging and clean failure."""
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -14,14 +15,65 @@ from pipeline.errors import PipelineError
 log = logging.getLogger("pipeline")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# DVC sets it for every stage command to the stage's address, such as train@clip.
+STAGE_VARIABLE = "DVC_STAGE"
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class Terminated(BaseException):
     """SIGTERM arrived; raised in the main thread so cleanup code runs as for Ctrl-C."""
 
 
-def _raise_terminated(signum, frame):
+def _stop(signum, frame):
+    # The first stop signal starts a clean shutdown, and any later one is
+    # ignored: a Ctrl-C during the cleanup would escape it as an uncaught
+    # KeyboardInterrupt, on which Python exits by killing itself with SIGINT.
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
     raise Terminated(f"received signal {signal.Signals(signum).name}")
+
+
+@contextlib.contextmanager
+def _stop_handlers() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into a clean shutdown for the block.
+
+    A signal that the process inherited as ignored stays ignored, as the
+    shell that started it intended (nohup, background jobs). The previous
+    handlers come back after the block unless a stop signal arrived: the
+    process is then exiting, and a later Ctrl-C must not cut that short.
+    """
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    for number, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(number, _stop)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            if signal.getsignal(number) is _stop:
+                signal.signal(number, handler)
+
+
+def _end_with_dvc() -> None:
+    """Ask Linux to send this stage SIGTERM when DVC, its parent process, ends.
+
+    DVC does not pass a SIGTERM of its own on to the stage: without this, a
+    stage outlives a `kill <dvc pid>` and writes outputs that DVC never records.
+    The stage commands in dvc.yaml use exec, so DVC is the parent.
+    """
+    if STAGE_VARIABLE not in os.environ or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        log.warning(
+            "prctl(PR_SET_PDEATHSIG) failed: %s; if DVC is killed, this stage runs on to its end",
+            os.strerror(ctypes.get_errno()),
+        )
+        return
+    if os.getppid() == 1:
+        raise Terminated("DVC ended before this stage started")  # it died before prctl() took effect
 
 
 @contextlib.contextmanager
@@ -101,10 +153,10 @@ def run_stage(main: Callable[[], None]) -> None:
     environment are replaced by *** in everything written to sys.stdout and
     sys.stderr.
     """
-    with _redacted_output():
+    with _redacted_output(), _stop_handlers():
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-        signal.signal(signal.SIGTERM, _raise_terminated)
         try:
+            _end_with_dvc()
             main()
         except PipelineError as error:
             log.error("%s", error)

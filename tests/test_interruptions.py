@@ -186,3 +186,35 @@ def test_store_failure_cleans_up(repo, clean_outputs):
     assert "no such table: metrics" in output
     assert_left_nothing(repo, files_before, "FAILED", output)
     assert_rerun_matches_clean(repo, clean_outputs, "FAILED")
+
+
+def test_dvc_terminated_stops_its_stage(repo, clean_outputs):
+    # `kill <dvc pid>` reaches DVC alone, which exits without passing the
+    # signal on; the kernel sends the stage SIGTERM when its parent ends.
+    files_before = file_digests(repo.path)
+    process = start(repo, ["dvc", "repro", "train@clip"])
+    wait_for_half_written_steps(repo, process)
+
+    process.send_signal(signal.SIGTERM)
+    status, output = wait_for_group(process)
+
+    assert status != 0, output
+    assert "received signal SIGTERM" in output
+    assert_left_nothing(repo, files_before, "KILLED", output, through_dvc=True)
+    assert_rerun_matches_clean(repo, clean_outputs, "KILLED")
+
+
+def test_repeated_ctrl_c_still_cleans_up(repo, clean_outputs):
+    # Impatient users press Ctrl-C again while the stage is ending its run.
+    files_before = file_digests(repo.path)
+    process = start(repo, train_command(repo))
+    wait_for_half_written_steps(repo, process)
+
+    for _ in range(3):
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+    status, output = wait_for_group(process)
+
+    assert status == 130, output
+    assert_left_nothing(repo, files_before, "KILLED", output)
+    assert_rerun_matches_clean(repo, clean_outputs, "KILLED")
