@@ -5,9 +5,11 @@ also run the clipping code.
 """
 
 import io
+import os
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -15,7 +17,7 @@ import torch
 from benchmarks import naive
 from benchmarks.report import Line, at_least_faster, median
 from benchmarks.workspace import PROJECT_ROOT
-from pipeline.dataset import make_dataset
+from pipeline.dataset import make_dataset, save_dataset
 from pipeline.model import initial_state
 from pipeline.params import load_params
 from pipeline.steps import StepChunk, StepWriter
@@ -107,15 +109,26 @@ def max_relative_difference(chunks: list[StepChunk], naive_series) -> float:
 
 
 def row4(arm: DefaultArm, chunks: list[StepChunk], runs: int, log_metric_samples: list[float], parent: Path, echo):
-    """Batched logging of one arm's 9000 points, against per-call logging and against its training time."""
-    from pipeline.tracking import STATUS_FINISHED, ArmRun, open_experiment
+    """Batched logging of one arm's 9000 points, against per-call logging and against its training time.
 
-    def open_run(name: str) -> ArmRun:
+    The logging goes through the train stage's logger process, each run into a
+    fresh store; opening the run and ending it are not timed.
+    """
+    from pipeline.logger_process import RunLogger
+
+    def open_run(name: str) -> RunLogger:
         store = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent))
-        client, experiment_id = open_experiment(f"sqlite:///{store / 'mlflow.db'}", "benchmark", store)
-        return ArmRun(client, experiment_id, name, tags={})
+        save_dataset(arm.dataset, store / "dataset.npz")
+        # The logger process reads both variables: the store, and the root
+        # that holds its artifacts (else this repository's mlartifacts/).
+        environment = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "DVC_ROOT": str(store)}
+        with mock.patch.dict(os.environ, environment):
+            run = RunLogger.start()
+        run.request_run(ARM, "benchmark", PROJECT_ROOT / "params.yaml", store / "dataset.npz", {"arm.name": name})
+        run.wait_for_run()
+        return run
 
-    def train_and_write(run: ArmRun | None) -> float:
+    def train_and_write(run: RunLogger | None) -> float:
         accumulator = SummaryAccumulator(max_norm=arm.max_norm)
         writer = StepWriter(io.StringIO())
 
@@ -128,7 +141,7 @@ def row4(arm: DefaultArm, chunks: list[StepChunk], runs: int, log_metric_samples
         started = time.perf_counter()
         arm.train_pipeline(record)
         if run is not None:
-            run.wait()
+            run.log_result(accumulator.to_dict(None), {})
         return time.perf_counter() - started
 
     torch.set_num_threads(1)
@@ -138,14 +151,14 @@ def row4(arm: DefaultArm, chunks: list[StepChunk], runs: int, log_metric_samples
         started = time.perf_counter()
         for chunk in chunks:
             run.log_steps(chunk, 1)
-        run.wait()
+        run.log_result({"epochs": {}}, {})
         batched.append(time.perf_counter() - started)
-        run.finish(STATUS_FINISHED)
+        run.end("FINISHED")
 
         run = open_run(f"with-training-{index}")
         alone.append(train_and_write(None))
         with_logging.append(train_and_write(run))
-        run.finish(STATUS_FINISHED)
+        run.end("FINISHED")
     points = sum(len(chunk) for chunk in chunks) * 3
     echo(f"logging: {points} points batched in {median(batched):.2f} s")
 

@@ -130,7 +130,8 @@ class _RedactingStream:
 
 
 @contextlib.contextmanager
-def _redacted_output() -> Iterator[None]:
+def redacted_output() -> Iterator[None]:
+    """Replace credentials from the environment by *** in all text written to sys.stdout and sys.stderr."""
     # MLflow's errors quote the tracking URI with its password, and so would a
     # run URL if MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT were turned off.
     secrets = secrets_in_environment()
@@ -153,7 +154,7 @@ def run_stage(main: Callable[[], None]) -> None:
     environment are replaced by *** in everything written to sys.stdout and
     sys.stderr.
     """
-    with _redacted_output(), _stop_handlers():
+    with redacted_output(), _stop_handlers():
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         try:
             _end_with_dvc()

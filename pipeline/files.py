@@ -1,6 +1,7 @@
 """Atomic file output: a reader sees the old file or the complete new one, never a part."""
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -17,6 +18,12 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A writer killed by SIGKILL leaves its temporary file behind. The next
+    # write of the same output removes it, so the folder ends up as after a
+    # clean run. This assumes one writer per output at a time, which DVC's
+    # repository lock ensures for stage outputs.
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        leftover.unlink(missing_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     temporary = Path(temporary)

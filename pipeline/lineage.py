@@ -33,7 +33,6 @@ import logging
 import os
 import platform
 import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,13 +73,13 @@ class GitState:
     dirty_files: list[str]  # tracked files that differ from `commit`, outputs of DVC stages excluded
 
 
-def collect_lineage(params_path: Path, dataset_path: Path, run_params: dict[str, object]) -> Lineage:
-    """Gather the lineage of a run that reads `params_path` and `dataset_path` and logs `run_params`."""
+def collect_lineage(params_path: Path, dataset_path: Path, run_params: dict[str, object], script: Path) -> Lineage:
+    """Gather the lineage of a run of `script` that reads `params_path` and `dataset_path` and logs `run_params`."""
     dataset_md5 = file_md5(dataset_path)
     tags = {"dataset.md5": dataset_md5, "params.hash": params_hash(run_params)}
     tags.update(dvc_experiment_tags(os.environ))
     tags.update(git_tags(Path.cwd()))
-    tags.update(source_tags(Path(sys.argv[0]), Path.cwd()))
+    tags.update(source_tags(script, Path.cwd()))
     tags.update(version_tags())
     return Lineage(tags, params_path.read_text(encoding="utf-8"), dataset_path, dataset_md5)
 

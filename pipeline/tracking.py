@@ -5,26 +5,22 @@ import fcntl
 import logging
 import os
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+import numpy as np
+from mlflow.entities import Metric, Param, RunTag
 
 from pipeline.errors import TrackingError
-from pipeline.steps import SERIES, StepChunk
+from pipeline.steps import SERIES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE_NAME = "mlflow.db"
 ARTIFACTS_DIR_NAME = "mlartifacts"
 MAX_METRICS_PER_REQUEST = 1000  # the MLflow REST API rejects larger log_batch requests
-# Batches queued but not yet stored. When logging falls behind training, the
-# training thread waits rather than holding a long run's metrics in memory.
-MAX_PENDING_BATCHES = 30
 HEALTH_TIMEOUT_SECONDS = 5
 
 
@@ -125,20 +121,12 @@ def _store_lock(uri: str) -> Iterator[None]:
 
 
 class ArmRun:
-    """One MLflow run for one arm; metrics are sent in batches from one background thread.
-
-    The thread is our own rather than MLflow's asynchronous logging
-    (`log_batch(synchronous=False)`): MLflow 3.17's queue polls with a one-second
-    timeout, so ending the run waited up to a second after the last batch.
-    """
+    """One arm's MLflow run, written by the logger process (pipeline/run_logger.py)."""
 
     def __init__(self, client: mlflow.MlflowClient, experiment_id: str, run_name: str, tags: dict[str, str]):
         self.client = client
         run = client.create_run(experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
-        # One worker keeps the batches in step order.
-        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-metrics")
-        self._pending: deque[Future] = deque()
         log.info("MLflow run %s (%s) started", self.run_id, run_name)
 
     def log_params(self, params: dict[str, object]) -> None:
@@ -150,28 +138,16 @@ class ArmRun:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
-    def log_steps(self, chunk: StepChunk, every_n_steps: int) -> None:
-        """Queue the chunk's steps that are multiples of `every_n_steps` for logging.
-
-        First raises the error of any batch that has failed since the last
-        chunk, so a store failure stops training at the next chunk rather than
-        at the end of the run.
-        """
-        while self._pending and self._pending[0].done():
-            self._pending.popleft().result()
-        keep = chunk.steps % every_n_steps == 0
-        steps = chunk.steps[keep].tolist()
-        timestamp = int(time.time() * 1000)
+    def log_steps(self, steps: np.ndarray, series: dict[str, np.ndarray], timestamp: int) -> None:
+        """Store each series in SERIES at `steps`, in requests of at most MAX_METRICS_PER_REQUEST metrics."""
+        steps = steps.tolist()
         metrics = [
             Metric(key, value, timestamp, step)
             for key in SERIES
-            for step, value in zip(steps, getattr(chunk, key)[keep].tolist())
+            for step, value in zip(steps, series[key].tolist())
         ]
         for start in range(0, len(metrics), MAX_METRICS_PER_REQUEST):
-            batch = metrics[start : start + MAX_METRICS_PER_REQUEST]
-            if len(self._pending) >= MAX_PENDING_BATCHES:
-                self._pending.popleft().result()
-            self._pending.append(self._sender.submit(self.client.log_batch, self.run_id, metrics=batch))
+            self.client.log_batch(self.run_id, metrics=metrics[start : start + MAX_METRICS_PER_REQUEST])
 
     def log_summary(self, summary: dict) -> None:
         timestamp = int(time.time() * 1000)
@@ -186,22 +162,9 @@ class ArmRun:
             metrics.append(Metric("epoch_max_grad_norm", epoch["max_grad_norm"], timestamp, number))
         self.client.log_batch(self.run_id, metrics=metrics)
 
-    def wait(self) -> None:
-        """Block until every queued metric batch is stored; raise if one failed."""
-        while self._pending:
-            self._pending.popleft().result()
-
     def finish(self, status: str) -> None:
-        # After a failure, batches not yet started are dropped: the run ends now.
-        self._sender.shutdown(wait=True, cancel_futures=True)
-        self._pending.clear()
         self.client.set_terminated(self.run_id, status=status)
         log.info("MLflow run %s ended as %s", self.run_id, status)
-
-
-STATUS_FINISHED = RunStatus.to_string(RunStatus.FINISHED)
-STATUS_FAILED = RunStatus.to_string(RunStatus.FAILED)
-STATUS_KILLED = RunStatus.to_string(RunStatus.KILLED)
 
 
 class FigureAttacher:

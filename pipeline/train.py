@@ -1,7 +1,9 @@
 """Stage `train@<arm>`: train one arm, write its per-step series and summary, track it in MLflow.
 
 Outputs appear only when the stage succeeds: both files are written under
-temporary names and renamed once training and MLflow logging are done.
+temporary names and renamed once training and MLflow logging are done. The
+MLflow run belongs to a logger process (pipeline/run_logger.py), so this
+process never imports mlflow.
 """
 
 import argparse
@@ -12,28 +14,15 @@ import math
 import os
 from pathlib import Path
 
-import torch
-
-from pipeline.cli import Terminated, deferred_signals, run_stage
+from pipeline.cli import run_stage
 from pipeline.dataset import Dataset, load_dataset
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_output
-from pipeline.lineage import Lineage, collect_lineage, record_lineage
-from pipeline.model import initial_state
+from pipeline.logger_process import RunLogger
 from pipeline.params import Params, load_params
 from pipeline.progress import Progress
 from pipeline.steps import StepChunk, StepWriter
 from pipeline.summary import SummaryAccumulator
-from pipeline.tracking import (
-    STATUS_FAILED,
-    STATUS_FINISHED,
-    STATUS_KILLED,
-    ArmRun,
-    open_experiment,
-    repository_root,
-    tracking_uri,
-)
-from pipeline.training import train
 
 log = logging.getLogger(__name__)
 
@@ -42,45 +31,14 @@ STAGE_VARIABLE = "DVC_STAGE"
 
 
 def train_arm(
-    params: Params, arm_name: str, dataset: Dataset, steps_path: Path, metrics_path: Path, lineage: Lineage
+    params: Params, arm_name: str, dataset: Dataset, steps_path: Path, metrics_path: Path, run: RunLogger
 ) -> dict:
-    """Train `arm_name`, write its two output files and log one MLflow run with `lineage`; return the summary."""
-    root = repository_root()
-    uri = tracking_uri(root)
-    client, experiment_id = open_experiment(uri, params.tracking.experiment_name, root)
+    """Train `arm_name`, write its two output files and log them to the open run; return the summary."""
+    # Imported here, after the logger process has started: torch takes about
+    # 1.5 s to import, while that process imports mlflow.
+    from pipeline.model import initial_state
+    from pipeline.training import train
 
-    experiment_name = os.environ.get("DVC_EXP_NAME")
-    run_name = f"{arm_name} ({experiment_name})" if experiment_name else arm_name
-    tags = {"arm": arm_name, "dvc.stage": f"train@{arm_name}", **lineage.tags}
-    # Signals are held while the run is created and while it is ended, so Ctrl-C
-    # (even a second one) cannot leave a run RUNNING between those calls.
-    run = None
-    try:
-        with deferred_signals():
-            run = ArmRun(client, experiment_id, run_name, tags=tags)
-        run.log_params(effective_params(params, arm_name, dataset))
-        record_lineage(client, run.run_id, lineage)
-        summary, steps_md5 = _train_and_write(params, arm_name, dataset, steps_path, metrics_path, run)
-    except (KeyboardInterrupt, Terminated):
-        _end_run(run, STATUS_KILLED)
-        raise
-    except BaseException:
-        _end_run(run, STATUS_FAILED)
-        raise
-    _end_run(run, STATUS_FINISHED)
-    return summary
-
-
-def _end_run(run: ArmRun | None, status: str) -> None:
-    if run is None:
-        return  # interrupted before the run existed
-    with deferred_signals():
-        run.finish(status)
-
-
-def _train_and_write(
-    params: Params, arm_name: str, dataset: Dataset, steps_path: Path, metrics_path: Path, run: ArmRun
-) -> tuple[dict, str]:
     arm = params.arm(arm_name)
     accumulator = SummaryAccumulator(max_norm=arm.max_norm)
     n_samples = dataset.n_samples
@@ -122,13 +80,11 @@ def _train_and_write(
         metrics_temporary.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n", encoding="utf-8")
         steps_md5 = hashlib.md5(steps_temporary.read_bytes()).hexdigest()
 
-        run.wait()
-        run.log_summary(summary)
-        run.set_tags(_result_tags(steps_md5, result.diverged_at_step))
+        run.log_result(summary, _result_tags(steps_md5, result.diverged_at_step))
 
     if result.diverged_at_step is not None:
         log.warning("%s diverged at step %d: loss or a norm became non-finite", arm_name, result.diverged_at_step)
-    return summary, steps_md5
+    return summary
 
 
 def _result_tags(steps_md5: str, diverged_at_step: int | None) -> dict[str, str]:
@@ -177,13 +133,19 @@ def main(argv: list[str] | None = None) -> None:
     params.arm(arm_name)
     # Only now is the name known to be a plain file name.
     steps_path, metrics_path = args.steps_dir / f"{arm_name}.csv", args.metrics_dir / f"{arm_name}.json"
-    dataset = load_dataset(args.dataset)
-    lineage = collect_lineage(Path(args.params), Path(args.dataset), effective_params(params, arm_name, dataset))
+    # The logger imports mlflow while this process loads the dataset and torch.
+    with RunLogger.start() as run:
+        dataset = load_dataset(args.dataset)
+        run_params = effective_params(params, arm_name, dataset)
+        run.request_run(arm_name, params.tracking.experiment_name, Path(args.params), Path(args.dataset), run_params)
 
-    # The model is tiny: extra intra-op threads only add overhead, and parallel
-    # queue workers would compete for the cores.
-    torch.set_num_threads(1)
-    summary = train_arm(params, arm_name, dataset, steps_path, metrics_path, lineage)
+        import torch
+
+        # The model is tiny: extra intra-op threads only add overhead, and parallel
+        # queue workers would compete for the cores.
+        torch.set_num_threads(1)
+        run.wait_for_run()
+        summary = train_arm(params, arm_name, dataset, steps_path, metrics_path, run)
     headline = ("max_grad_norm", "mean_grad_norm", "std_grad_norm", "final_weight_norm", "final_loss")
     log.info("%s: %s", arm_name, ", ".join(f"{key}={_format(summary[key])}" for key in headline))
 

@@ -1,4 +1,4 @@
-"""Ctrl-C, SIGTERM and a failure in the middle of training leave nothing behind.
+"""Ctrl-C, SIGTERM, SIGKILL and a failure in the middle of training leave nothing behind.
 
 Each test starts the train stage of the arm `clip` in a real subprocess, waits
 until its per-step file is half written, then sends a real signal or breaks the
@@ -218,3 +218,31 @@ def test_repeated_ctrl_c_still_cleans_up(repo, clean_outputs):
     assert status == 130, output
     assert_left_nothing(repo, files_before, "KILLED", output)
     assert_rerun_matches_clean(repo, clean_outputs, "KILLED")
+
+
+def test_stage_sigkill_ends_run_killed(repo, clean_outputs):
+    files_before = file_digests(repo.path)
+    process = start(repo, train_command(repo))
+    wait_for_half_written_steps(repo, process)
+
+    # SIGKILL reaches the stage alone, as from the kernel's OOM killer. The
+    # logger process sees its requests pipe close and ends the run itself.
+    process.kill()
+    killed_at_ms = time.time() * 1000
+    status, output = wait_for_group(process)
+
+    assert status == -signal.SIGKILL, output
+    [(run_status, end_time)] = runs(repo)
+    assert run_status == "KILLED", output
+    assert end_time is not None
+    assert end_time - killed_at_ms < 5000
+    # The stage could not remove its two temporary files, and nothing else
+    # changed. The next write of each output removes the leftover.
+    changed = changed_files(files_before, file_digests(repo.path))
+    assert len(changed) == 2, changed
+    assert [name for name in changed if not name.endswith(".tmp")] == []
+    assert {Path(name).name.split(".")[1] for name in changed} == {"clip"}
+    assert not (repo.path / "outputs/steps/clip.csv").exists()
+
+    assert_rerun_matches_clean(repo, clean_outputs, "KILLED")
+    assert [name for name in file_digests(repo.path) if name.endswith(".tmp")] == []
