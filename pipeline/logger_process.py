@@ -1,9 +1,9 @@
 """The training process's handle on the logger process that owns an arm's MLflow run.
 
 pipeline/run_logger.py describes the process and its protocol. Every request
-except `end` gets one reply; at most MAX_CHUNKS_IN_FLIGHT `steps` requests wait
-for theirs, so a slow store makes training wait instead of piling up a long
-run's metrics in a pipe.
+except `end` gets one reply. At most MAX_CHUNKS_IN_FLIGHT `steps` requests wait
+for theirs, so a slow store makes training wait instead of buffering a long
+run's metrics.
 """
 
 import json
@@ -28,9 +28,9 @@ from pipeline.steps import SERIES, StepChunk
 
 log = logging.getLogger(__name__)
 
-# Each chunk is at most 10 000 steps (pipeline/training.py), which the store
-# takes about 3 s to write; an interrupted run ends only after the logger has
-# stored the chunks already sent.
+# A chunk is at most 10 000 steps (pipeline/training.py), 30 000 points, which
+# a local SQLite store writes in about 2 s. An interrupted run ends only after
+# the logger has stored the chunks already sent.
 MAX_CHUNKS_IN_FLIGHT = 2
 
 
@@ -52,7 +52,7 @@ class RunLogger:
         self._unanswered = 0  # requests sent whose reply has not been taken
         self._run_requested = False
         self._run_id: str | None = None
-        self._frame_cut = False  # a frame was cut short, so no further request can be framed
+        self._frame_cut = False  # a frame was cut short, so the logger can read no further request
 
     @classmethod
     def start(cls) -> "RunLogger":
@@ -139,7 +139,7 @@ class RunLogger:
             try:
                 self._send({"type": "end", "status": status}, expect_reply=False)
             except LoggerError:
-                pass  # the process has exited; its replies below say why
+                pass  # the process has exited, and its last reply below gives the reason
         # EOF on the requests pipe: a logger that missed the end request ends the run KILLED.
         self._process.stdin.close()
         rest = self._replies + self._process.stdout.read()
@@ -155,8 +155,8 @@ class RunLogger:
 
     def _send(self, header: dict, payload: bytes = b"", expect_reply: bool = True) -> None:
         view = memoryview(encode_frame(header, payload))
-        # A signal can stop the loop between two writes; the logger then sees a
-        # cut frame as the end of the pipe and ends the run KILLED.
+        # A signal can stop the loop between two writes. The logger reads a cut
+        # frame as the end of the pipe and ends the run KILLED.
         self._frame_cut = True
         try:
             while view:

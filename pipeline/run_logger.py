@@ -41,7 +41,6 @@ VALUE_DTYPE = np.dtype("<f4")
 STATUS_FINISHED = "FINISHED"
 STATUS_FAILED = "FAILED"
 STATUS_KILLED = "KILLED"
-END_STATUSES = (STATUS_FINISHED, STATUS_FAILED, STATUS_KILLED)
 
 
 def encode_frame(header: dict, payload: bytes = b"") -> bytes:
