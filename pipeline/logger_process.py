@@ -96,7 +96,10 @@ class RunLogger:
         })
 
     def wait_for_run(self) -> str:
-        """Return the run's id once it exists; raise TrackingError for an unreachable server."""
+        """Return the run's id once it exists.
+
+        Raises TrackingError for an unreachable server and LoggerError for any other failure.
+        """
         reply = self._take_reply(block=True, check=False)
         if "error" in reply:
             if reply.get("input_error"):
@@ -146,8 +149,9 @@ class RunLogger:
         returncode = self._process.wait()
 
         replies = [json.loads(line) for line in rest.splitlines() if line]
-        run_created = self._run_id is not None or {"ok": "open"}.items() <= (replies[0] if replies else {}).items()
-        if not run_created or (replies and replies[-1] == {"ok": "end"}):
+        # The reply to `open` is still here if this process stopped before wait_for_run() took it.
+        run_created = self._run_id is not None or (bool(replies) and replies[0].get("ok") == "open")
+        if not run_created or replies[-1:] == [{"ok": "end"}]:
             return
         errors = [reply["error"] for reply in replies if "error" in reply]
         reason = errors[-1] if errors else f"the logger process exited with status {returncode}"
