@@ -1,9 +1,8 @@
 """The training process's handle on the logger process that owns an arm's MLflow run.
 
-pipeline/run_logger.py describes the process and its protocol. Every request
-except `end` gets one reply. At most MAX_CHUNKS_IN_FLIGHT `steps` requests wait
-for theirs, so a slow store makes training wait instead of buffering a long
-run's metrics.
+pipeline/run_logger.py describes the process and its protocol. At most
+MAX_CHUNKS_IN_FLIGHT `steps` requests wait for their reply, so a slow store
+makes training wait instead of buffering a long run's metrics.
 """
 
 import json

@@ -8,8 +8,9 @@ pipeline/logger_process.py) and talks to it over two pipes:
   header is one of `open`, `steps`, `result` and `end`. A `steps` payload is
   the kept steps as int64, then the loss, gradient norm and weight norm of
   those steps as float32, little-endian, with `count` values each.
-- Replies, on the logger's stdout, are one JSON object per line: exactly one
-  for each request, `{"ok": ...}` or `{"error": ...}`.
+- Replies, on the logger's stdout, are one JSON object per line, `{"ok": ...}`
+  or `{"error": ...}`: one for each request, until a failed `open` ends the
+  process.
 
 The logger ignores SIGINT and SIGTERM: it shares the stage's process group,
 so Ctrl-C reaches it too, and the training process decides how the run ends.
