@@ -38,8 +38,8 @@ def remove_stale_arms(root: Path, params_path: Path) -> list[str]:
     if not lock_path.exists():
         return []
     arms = set(load_params(params_path).arms)
-    yaml = _dvc_yaml()
-    lock = yaml.load(lock_path)
+    lock_yaml = _round_trip_yaml()
+    lock = lock_yaml.load(lock_path)
     stale = stale_arms(lock, arms)
     for arm in stale:
         entry = lock["stages"].pop(TRAIN_STAGE_PREFIX + arm)
@@ -49,16 +49,17 @@ def remove_stale_arms(root: Path, params_path: Path) -> list[str]:
             arm, params_path, ", ".join(str(path.relative_to(root)) for path in removed) or "no files",
         )
     if stale:
-        yaml.dump(lock, lock_path)
+        lock_yaml.dump(lock, lock_path)
     return stale
 
 
-def _dvc_yaml() -> YAML:
+def _round_trip_yaml() -> YAML:
     # DVC writes dvc.lock with ruamel.yaml's round-trip mode in block style;
-    # writing it the same way changes only the removed lines.
-    yaml = YAML()
-    yaml.default_flow_style = False
-    return yaml
+    # writing it the same way changes only the removed lines. The round-trip
+    # loader, like a safe one, builds only plain YAML types.
+    lock_yaml = YAML(typ="rt")
+    lock_yaml.default_flow_style = False
+    return lock_yaml
 
 
 def _output_paths(root: Path, entry: dict) -> list[Path]:

@@ -81,6 +81,9 @@ def unsafe_calls(source: str, label: str, module_name: str | None = None) -> lis
             loader = _keyword(node, "Loader")
             if loader is None or not _is_safe_loader(ast.unparse(loader), module_name):
                 found.append(f"{where}: {name} with Loader={ast.unparse(loader) if loader else None}")
+        typ = _keyword(node, "typ")
+        if name.split(".")[-1] == "YAML" and typ is not None and not _is_safe_ruamel_type(typ):
+            found.append(f"{where}: {name} with typ={ast.unparse(typ)}")
         if name.endswith("torch.load") and not _is_constant(_keyword(node, "weights_only"), True):
             found.append(f"{where}: {name} without weights_only=True")
         allow_pickle = _keyword(node, "allow_pickle")
@@ -95,6 +98,12 @@ def _keyword(node: ast.Call, name: str) -> ast.expr | None:
 
 def _is_constant(node: ast.expr | None, value: bool) -> bool:
     return isinstance(node, ast.Constant) and node.value is value
+
+
+def _is_safe_ruamel_type(typ: ast.expr) -> bool:
+    # ruamel.yaml's "unsafe" type builds arbitrary Python objects; its default
+    # round-trip type and "safe" build only plain YAML types.
+    return isinstance(typ, ast.Constant) and typ.value in ("rt", "safe")
 
 
 def _is_safe_loader(expression: str, module_name: str | None) -> bool:
@@ -130,6 +139,7 @@ def test_unsafe_call_detection():
         "yaml.load(open('p'), Loader=yaml.Loader)\nyaml.unsafe_load('x')\n"
         "torch.load('w.pt')\nnp.load('a.npz', allow_pickle=True)\n"
         "yaml.load(open('p'), Loader=yaml.SafeLoader)\ntorch.load('w.pt', weights_only=True)\n"
+        "YAML(typ='unsafe').load('x')\nYAML(typ='rt').load('x')\n"
     )
 
     found = unsafe_calls(sample, "sample")
@@ -140,6 +150,7 @@ def test_unsafe_call_detection():
         "yaml.unsafe_load",
         "torch.load without weights_only=True",
         "np.load with allow_pickle=True",
+        "YAML with typ='unsafe'",
     ]
 
 
