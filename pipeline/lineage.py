@@ -10,6 +10,8 @@ Every arm's MLflow run gets these tags, besides the params:
   characters. The files that DVC stages write (dvc.lock and the stage outputs
   it records) do not count: `dvc repro` rewrites them while it runs, and they
   are results rather than inputs.
+- `dvc.stage`: from DVC_STAGE, which DVC sets for every stage command, such as
+  `train@clip`. A run started by hand, outside DVC, has none.
 - `dvc.exp_name`, `dvc.baseline_rev`: from DVC_EXP_NAME and DVC_EXP_BASELINE_REV,
   which `dvc exp run` sets.
 - `dataset.md5`: MD5 of the dataset file the stage read. DVC 3 records a file
@@ -77,7 +79,7 @@ def collect_lineage(params_path: Path, dataset_path: Path, run_params: dict[str,
     """Gather the lineage of a run of `script` that reads `params_path` and `dataset_path` and logs `run_params`."""
     dataset_md5 = file_md5(dataset_path)
     tags = {"dataset.md5": dataset_md5, "params.hash": params_hash(run_params)}
-    tags.update(dvc_experiment_tags(os.environ))
+    tags.update(dvc_tags(os.environ))
     tags.update(git_tags(Path.cwd()))
     tags.update(source_tags(script, Path.cwd()))
     tags.update(version_tags())
@@ -122,8 +124,11 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def dvc_experiment_tags(environ: Mapping[str, str]) -> dict[str, str]:
+def dvc_tags(environ: Mapping[str, str]) -> dict[str, str]:
+    """Return the tags that name the DVC stage and experiment, from the variables DVC sets."""
     tags = {}
+    if environ.get("DVC_STAGE"):
+        tags["dvc.stage"] = environ["DVC_STAGE"]
     if environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = environ["DVC_EXP_NAME"]
     if environ.get("DVC_EXP_BASELINE_REV"):

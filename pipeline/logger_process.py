@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.cli import Terminated, deferred_signals
 from pipeline.errors import TrackingError
 from pipeline.run_logger import (
@@ -31,6 +33,16 @@ log = logging.getLogger(__name__)
 # a local SQLite store writes in about 2 s. An interrupted run ends only after
 # the logger has stored the chunks already sent.
 MAX_CHUNKS_IN_FLIGHT = 2
+
+
+def _last_step_of(chunk: StepChunk) -> StepChunk:
+    # Copies: the training loop may reuse the chunk's buffers.
+    last = len(chunk) - 1
+    return StepChunk(
+        start=chunk.start + last,
+        epoch=chunk.epoch,
+        **{key: getattr(chunk, key)[last:].copy() for key in SERIES},
+    )
 
 
 class LoggerError(RuntimeError):
@@ -52,6 +64,7 @@ class RunLogger:
         self._run_requested = False
         self._run_id: str | None = None
         self._frame_cut = False  # a frame was cut short, so the logger can read no further request
+        self._last_step: StepChunk | None = None  # the latest step, when thinning left it out
 
     @classmethod
     def start(cls) -> "RunLogger":
@@ -110,8 +123,10 @@ class RunLogger:
     def log_steps(self, chunk: StepChunk, every_n_steps: int) -> None:
         """Send the chunk's steps that are multiples of `every_n_steps` to be stored.
 
-        First raises the error of any request that failed since the last call,
-        so a store failure stops training at the next chunk.
+        The run's last step is sent by log_result() if thinning left it out, so
+        that MLflow's latest value of each series is the final one. First
+        raises the error of any request that failed since the last call, so a
+        store failure stops training at the next chunk.
         """
         while self._take_reply(block=False) is not None:
             pass
@@ -119,14 +134,18 @@ class RunLogger:
             self._take_reply(block=True)
 
         keep = chunk.steps % every_n_steps == 0
-        count = int(keep.sum())
-        if count == 0:
-            return
-        payload = encode_steps(chunk.steps[keep], {key: getattr(chunk, key)[keep] for key in SERIES})
-        self._send({"type": "steps", "count": count, "timestamp": int(time.time() * 1000)}, payload)
+        if len(chunk):
+            self._last_step = None if keep[-1] else _last_step_of(chunk)
+        self._send_steps(chunk, keep)
 
     def log_result(self, summary: dict, tags: dict[str, str]) -> None:
-        """Store the summary metrics and result tags; return once every request so far is stored."""
+        """Store the last step if thinning left it out, the summary metrics and the result tags.
+
+        Returns once every request so far is stored.
+        """
+        if self._last_step is not None:
+            self._send_steps(self._last_step, np.ones(1, dtype=bool))
+            self._last_step = None
         self._send({"type": "result", "summary": summary, "tags": tags})
         while self._unanswered:
             self._take_reply(block=True)
@@ -155,6 +174,13 @@ class RunLogger:
         errors = [reply["error"] for reply in replies if "error" in reply]
         reason = errors[-1] if errors else f"the logger process exited with status {returncode}"
         raise LoggerError(f"ending MLflow run {self._run_id or ''} as {status} failed: {reason}")
+
+    def _send_steps(self, chunk: StepChunk, keep: np.ndarray) -> None:
+        count = int(keep.sum())
+        if count == 0:
+            return
+        payload = encode_steps(chunk.steps[keep], {key: getattr(chunk, key)[keep] for key in SERIES})
+        self._send({"type": "steps", "count": count, "timestamp": int(time.time() * 1000)}, payload)
 
     def _send(self, header: dict, payload: bytes = b"", expect_reply: bool = True) -> None:
         view = memoryview(encode_frame(header, payload))

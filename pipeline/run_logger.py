@@ -160,7 +160,7 @@ def _open_run(header: dict, replies: _Replies):
         arm = header["arm"]
         experiment_name = os.environ.get("DVC_EXP_NAME")
         run_name = f"{arm} ({experiment_name})" if experiment_name else arm
-        tags = {"arm": arm, "dvc.stage": f"train@{arm}", **lineage.tags}
+        tags = {"arm": arm, **lineage.tags}
         run = ArmRun(client, experiment_id, run_name, tags=tags)
         run.log_params(run_params)
         record_lineage(client, run.run_id, lineage)

@@ -14,7 +14,7 @@ import math
 import os
 from pathlib import Path
 
-from pipeline.cli import run_stage
+from pipeline.cli import STAGE_VARIABLE, run_stage
 from pipeline.dataset import Dataset, load_dataset
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_output
@@ -25,9 +25,6 @@ from pipeline.steps import StepChunk, StepWriter
 from pipeline.summary import SummaryAccumulator
 
 log = logging.getLogger(__name__)
-
-# DVC sets it for every stage command to the stage address, train@<arm> here.
-STAGE_VARIABLE = "DVC_STAGE"
 
 
 def train_arm(

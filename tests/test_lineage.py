@@ -11,7 +11,7 @@ import yaml
 from dvc.utils.hydra import apply_overrides
 
 from pipeline.lineage import (
-    dvc_experiment_tags,
+    dvc_tags,
     file_md5,
     git_state,
     git_tags,
@@ -66,13 +66,18 @@ def test_file_md5_reads_in_blocks(tmp_path):
     assert file_md5(path) == hashlib.md5(content).hexdigest()
 
 
-def test_experiment_tags_from_dvc_environment():
-    environ = {"DVC_EXP_NAME": "half", "DVC_EXP_BASELINE_REV": "a" * 40, "DVC_ROOT": "/repo"}
-    assert dvc_experiment_tags(environ) == {"dvc.exp_name": "half", "dvc.baseline_rev": "a" * 40}
+def test_dvc_tags_in_experiment():
+    environ = {"DVC_EXP_NAME": "half", "DVC_EXP_BASELINE_REV": "a" * 40, "DVC_ROOT": "/repo", "DVC_STAGE": "train@clip"}
+    assert dvc_tags(environ) == {"dvc.stage": "train@clip", "dvc.exp_name": "half", "dvc.baseline_rev": "a" * 40}
 
 
-def test_experiment_tags_outside_experiment():
-    assert dvc_experiment_tags({"DVC_ROOT": "/repo", "DVC_EXP_NAME": ""}) == {}
+def test_dvc_tags_outside_experiment():
+    assert dvc_tags({"DVC_ROOT": "/repo", "DVC_EXP_NAME": "", "DVC_STAGE": "train@clip"}) == {"dvc.stage": "train@clip"}
+
+
+def test_dvc_tags_outside_dvc():
+    # A stage run by hand must not pass for one that DVC ran.
+    assert dvc_tags({}) == {}
 
 
 def test_version_tags_match_pins():

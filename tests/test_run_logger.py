@@ -69,16 +69,28 @@ def test_steps_stored_exactly(workspace):
     assert [metric.value for metric in history] == expected.tolist()
 
 
-def test_thinned_steps_only(workspace):
+def test_thinned_steps_and_last(workspace):
     with open_logger() as run:
         run.log_steps(chunk(0, 1000), every_n_steps=100)
         run.log_steps(chunk(1000, 50), every_n_steps=100)  # holds step 1000 only
-        run.log_steps(chunk(1050, 40), every_n_steps=100)  # holds none
+        run.log_steps(chunk(1050, 40), every_n_steps=100)  # holds none, and the last step
         run.log_result({"epochs": {}}, {})
 
     client, stored = stored_run(workspace)
-    steps = sorted(metric.step for metric in client.get_metric_history(stored.info.run_id, "loss"))
-    assert steps == list(range(0, 1001, 100))
+    history = sorted(client.get_metric_history(stored.info.run_id, "loss"), key=lambda metric: metric.step)
+    assert [metric.step for metric in history] == [*range(0, 1001, 100), 1089]
+    assert history[-1].value == chunk(1050, 40).loss[-1].item()
+    assert stored.data.metrics["loss"] == history[-1].value  # the latest value is the final one
+
+
+def test_last_step_on_multiple_sent_once(workspace):
+    with open_logger() as run:
+        run.log_steps(chunk(0, 201), every_n_steps=100)
+        run.log_result({"epochs": {}}, {})
+
+    client, stored = stored_run(workspace)
+    steps = [metric.step for metric in client.get_metric_history(stored.info.run_id, "loss")]
+    assert sorted(steps) == [0, 100, 200]
 
 
 def test_store_error_stops_training(workspace):
