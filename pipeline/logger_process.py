@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -172,8 +173,8 @@ class RunLogger:
         if not run_created or replies[-1:] == [{"ok": "end"}]:
             return
         errors = [reply["error"] for reply in replies if "error" in reply]
-        reason = errors[-1] if errors else f"the logger process exited with status {returncode}"
-        raise LoggerError(f"ending MLflow run {self._run_id or ''} as {status} failed: {reason}")
+        reason = errors[-1] if errors else f"the logger process {_exit_description(returncode)}"
+        raise LoggerError(f"MLflow run {self._run_id or ''} could not be ended as {status} and stays RUNNING: {reason}")
 
     def _send_steps(self, chunk: StepChunk, keep: np.ndarray) -> None:
         count = int(keep.sum())
@@ -218,4 +219,10 @@ class RunLogger:
         return reply
 
     def _exited_error(self) -> LoggerError:
-        return LoggerError(f"the logger process exited unexpectedly with status {self._process.wait()}")
+        return LoggerError(f"the logger process {_exit_description(self._process.wait())} unexpectedly")
+
+
+def _exit_description(returncode: int) -> str:
+    if returncode < 0:
+        return f"was killed by {signal.Signals(-returncode).name}"
+    return f"exited with status {returncode}"

@@ -243,6 +243,11 @@ def test_stage_sigkill_ends_run_killed(repo, clean_outputs):
     assert [name for name in changed if not name.endswith(".tmp")] == []
     assert {Path(name).name.split(".")[1] for name in changed} == {"clip"}
     assert not (repo.path / "outputs/steps/clip.csv").exists()
+    # DVC may restore the stage from its run cache instead of running it, so
+    # the leftovers can stay: they must not enter dvc.lock or git status.
+    for name in changed:
+        assert repo.run("dvc", "check-ignore", name, check=False).returncode == 0, name
+    assert ".tmp" not in repo.run("git", "status", "--porcelain", "--untracked-files=all").stdout
 
     assert_rerun_matches_clean(repo, clean_outputs, "KILLED")
     assert [name for name in file_digests(repo.path) if name.endswith(".tmp")] == []

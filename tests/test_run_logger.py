@@ -169,3 +169,14 @@ def test_unreachable_server_raises(workspace, monkeypatch):
 
     assert run._process.returncode == 0
     assert time.monotonic() - started < 60
+
+
+def test_killed_logger_reported(workspace):
+    run = open_logger()
+    run._process.kill()
+    run._process.wait()
+
+    with pytest.raises(LoggerError, match="the logger process was killed by SIGKILL unexpectedly"):
+        run.log_steps(chunk(0, 1000), every_n_steps=1)
+    with pytest.raises(LoggerError, match="could not be ended as FAILED and stays RUNNING: the logger process was killed by SIGKILL"):
+        run.end("FAILED")
