@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 from urllib.parse import unquote, urlsplit
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, StageFailure
 
 log = logging.getLogger("pipeline")
 
@@ -150,7 +150,7 @@ def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); print input errors without a traceback and exit non-zero.
 
     Exit statuses: 2 for an input error, 130 for Ctrl-C, 143 for SIGTERM and 1
-    for any other error, whose traceback is printed. Credentials from the
+    for any other error, whose traceback is printed unless it is a StageFailure. Credentials from the
     environment are replaced by *** in everything written to sys.stdout and
     sys.stderr.
     """
@@ -168,6 +168,9 @@ def run_stage(main: Callable[[], None]) -> None:
         except Terminated as error:
             log.error("%s", error)
             sys.exit(143)
+        except StageFailure as error:
+            log.error("%s", error)
+            sys.exit(1)
         except Exception:
             log.exception("stage failed with an unexpected error")
             sys.exit(1)

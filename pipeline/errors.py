@@ -15,3 +15,7 @@ class InputFileError(PipelineError, ValueError):
 
 class TrackingError(PipelineError, RuntimeError):
     """The MLflow tracking store cannot be reached or used."""
+
+
+class StageFailure(RuntimeError):
+    """A failure outside the user's inputs that its message describes fully, so no traceback."""

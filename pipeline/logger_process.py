@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cli import Terminated, deferred_signals
-from pipeline.errors import TrackingError
+from pipeline.errors import StageFailure, TrackingError
 from pipeline.run_logger import (
     STATUS_FAILED,
     STATUS_FINISHED,
@@ -46,7 +46,7 @@ def _last_step_of(chunk: StepChunk) -> StepChunk:
     )
 
 
-class LoggerError(RuntimeError):
+class LoggerError(StageFailure):
     """The logger process failed to create, write or end the MLflow run."""
 
 

@@ -203,7 +203,7 @@ def test_password_hidden_in_unexpected_error(reproduced_repo):
 
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
-    assert "stage failed with an unexpected error" in output
+    assert "creating the MLflow run failed" in output
     assert f"http://tester:***@127.0.0.1:{port}" in output
     assert SECRET not in output
     assert changed_files(files_before, file_digests(reproduced_repo.path)) == []
