@@ -41,8 +41,8 @@ def run_statuses(store: Path) -> list[str]:
 def stage_argv(repo_path: Path, stage: str, arm: str = "clip") -> list[str]:
     """Return the arguments dvc.yaml passes to `python -m pipeline.<stage>`.
 
-    For the train stage, `--arm` stands in for the DVC_STAGE variable by which
-    DVC names the arm.
+    For the train stage, `--arm` replaces the DVC_STAGE variable by which DVC
+    names the arm.
     """
     stages = yaml.safe_load((repo_path / "dvc.yaml").read_text())["stages"]
     command = stages[stage]["do"]["cmd"] if stage == "train" else stages[stage]["cmd"]

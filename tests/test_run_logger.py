@@ -72,8 +72,8 @@ def test_steps_stored_exactly(workspace):
 def test_thinned_steps_and_last(workspace):
     with open_logger() as run:
         run.log_steps(chunk(0, 1000), every_n_steps=100)
-        run.log_steps(chunk(1000, 50), every_n_steps=100)  # holds step 1000 only
-        run.log_steps(chunk(1050, 40), every_n_steps=100)  # holds none, and the last step
+        run.log_steps(chunk(1000, 50), every_n_steps=100)  # contains step 1000 only
+        run.log_steps(chunk(1050, 40), every_n_steps=100)  # contains no multiple of 100, only the last step
         run.log_result({"epochs": {}}, {})
 
     client, stored = stored_run(workspace)
