@@ -120,7 +120,7 @@ def row4(arm: DefaultArm, chunks: list[StepChunk], runs: int, log_metric_samples
         store = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent))
         save_dataset(arm.dataset, store / "dataset.npz")
         # The logger process reads both variables: the store, and the root
-        # that holds its artifacts (else this repository's mlartifacts/).
+        # that contains its artifacts (else this repository's mlartifacts/).
         environment = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "DVC_ROOT": str(store)}
         with mock.patch.dict(os.environ, environment):
             run = RunLogger.start()

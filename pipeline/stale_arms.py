@@ -66,7 +66,12 @@ def _output_paths(root: Path, entry: dict) -> list[Path]:
     """Return the entry's output paths inside `root`; only a hand-edited dvc.lock could list others."""
     resolved_root = root.resolve()
     paths = [root / out["path"] for out in entry.get("outs") or [] if isinstance(out, dict) and "path" in out]
-    return [path for path in paths if path.resolve().is_relative_to(resolved_root) and path.resolve() != resolved_root]
+    inside = []
+    for path in paths:
+        resolved = path.resolve()
+        if resolved != resolved_root and resolved.is_relative_to(resolved_root):
+            inside.append(path)
+    return inside
 
 
 def _remove(path: Path) -> bool:

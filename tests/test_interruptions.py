@@ -226,7 +226,7 @@ def test_stage_sigkill_ends_run_killed(repo, clean_outputs):
     wait_for_half_written_steps(repo, process)
 
     # SIGKILL reaches the stage alone, as from the kernel's OOM killer. The
-    # logger process sees its requests pipe close and ends the run itself.
+    # logger process reads the end of its requests pipe and ends the run itself.
     process.kill()
     killed_at_ms = time.time() * 1000
     status, output = wait_for_group(process)

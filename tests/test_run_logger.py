@@ -38,7 +38,7 @@ def open_logger() -> RunLogger:
 
 
 def chunk(start: int, length: int) -> StepChunk:
-    # Values that float32 holds inexactly, so a conversion through another type would show.
+    # Values that float32 cannot represent exactly, so a conversion through another type would show.
     values = np.arange(start, start + length, dtype=np.float32) / np.float32(7)
     return StepChunk(start=start, epoch=1, loss=values, grad_norm=values * 2, weight_norm=values * 3)
 
@@ -119,7 +119,7 @@ def test_slow_store_makes_training_wait(workspace):
             run.log_steps(chunk(100 * index, 100), every_n_steps=1)
             sent.append(index)
 
-    # An open write transaction holds every other writer of the store.
+    # An open write transaction blocks every other writer of the store.
     blocker = sqlite3.connect(workspace / "mlflow.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     sender = threading.Thread(target=send_chunks)
@@ -140,7 +140,7 @@ def test_closed_pipe_ends_run_killed(workspace):
     run = open_logger()
     run.log_steps(chunk(0, 100), every_n_steps=1)
 
-    # What the logger sees when the training process dies of SIGKILL.
+    # What the logger receives when the training process dies of SIGKILL.
     run._process.stdin.close()
     run._process.wait(timeout=60)
 
